@@ -1,0 +1,108 @@
+"""t5x-style command-line flags for gin, shared by every `t5pipe` command.
+
+    --gin_file FILE          repeatable; looked up on the gin search path
+    --gin.NAME=VALUE         one binding; VALUE is a gin literal, or taken as a string
+    --gin_bindings 'A = 1'   repeatable
+    --gin_search_paths DIRS  comma-separated, repeatable
+    --tfds_data_dir DIR      where TFDS datasets live (local or gs://)
+
+The installed `gin/` folder (`t5pipe/gin_configs` in a wheel) is always on the
+search path, so `--gin_file=models/t5_1_1/base.gin` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+
+GIN_DOT_PREFIX = "--gin."
+
+
+def gin_configs_dir() -> str:
+    """The shipped gin/ folder: inside the installed package, or beside it in a checkout
+    (editable installs)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "gin_configs", package.parent / "gin"):
+        if (candidate / "models").is_dir():
+            return str(candidate)
+    raise FileNotFoundError(f"t5pipe's gin/ folder is missing (looked beside {package})")
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (gin, t5x-style)")
+    group.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    group.add_argument(
+        "--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)"
+    )
+    group.add_argument(
+        "--gin_search_paths", action="append", default=[], help="comma-separated folders"
+    )
+    group.add_argument("--tfds_data_dir", default=None, help="TFDS data folder (local or gs://)")
+    parser.epilog = (parser.epilog or "") + (
+        "\nAny `--gin.NAME=VALUE` flag binds NAME (a macro such as MODEL_DIR or a "
+        "parameter such as T5Config.d_model); unquoted VALUEs that are not gin literals "
+        "are taken as strings."
+    )
+
+
+def split_gin_dot_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--gin.NAME=VALUE` flags (argparse cannot declare them) from the rest.
+
+    Returns (other argv, bindings as 'NAME = VALUE' strings).
+    """
+    rest, bindings = [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(GIN_DOT_PREFIX):
+            body = arg[len(GIN_DOT_PREFIX) :]
+            if "=" in body:
+                name, value = body.split("=", 1)
+            elif i + 1 < len(argv):
+                name, value = body, argv[i + 1]
+                i += 1
+            else:
+                raise SystemExit(f"error: {arg} needs a value (--gin.NAME=VALUE)")
+            bindings.append(f"{name} = {_as_gin_value(value)}")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, bindings
+
+
+def _as_gin_value(value: str) -> str:
+    """Keeps VALUE if gin can parse it as a value; otherwise quotes it as a string."""
+    value = value.strip()
+    if value.startswith(("@", "%")):
+        return value
+    try:
+        gin.config_parser.ConfigParser(f"X = {value}", gin.config_parser.ParserDelegate()).parse_statement()
+        return value
+    except Exception:  # noqa: BLE001 - anything gin cannot read is a plain string
+        return repr(value)
+
+
+def parse_gin(args: argparse.Namespace, dot_bindings: Sequence[str] = ()) -> None:
+    """Registers search paths, then parses files and bindings (later ones win)."""
+    for entry in [gin_configs_dir(), os.getcwd(), *args.gin_search_paths]:
+        for path in str(entry).split(","):
+            if path:
+                gin.add_config_file_search_path(path)
+    if args.tfds_data_dir:
+        import seqio
+
+        seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+    gin.parse_config_files_and_bindings(
+        args.gin_file, [*args.gin_bindings, *dot_bindings], finalize_config=False
+    )
+
+
+def register_configurables() -> None:
+    """Imports the modules whose gin configurables the shipped gin files name."""
+    import t5pipe.model_config  # noqa: F401
+    import t5pipe.vocabularies  # noqa: F401

@@ -1,0 +1,93 @@
+"""Vocabularies (seqio objects) and their JSON description stored in checkpoints.
+
+A vocabulary spec is a small dict, e.g.
+    {"kind": "sentencepiece", "path": ".../spiece.model", "extra_ids": 100}
+    {"kind": "byte"}
+so that a checkpoint names the vocabulary it was trained with. Checkpoints
+also embed the SentencePiece model itself (`spec["model_b64"]`) so they stay
+usable where the original path is gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import gin
+import seqio
+
+# Where t5x's configs point; users without GCS access set T5PIPE_VOCAB or gin-bind `path`.
+T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
+VOCAB_ENV = "T5PIPE_VOCAB"
+
+
+def default_spm_path() -> str:
+    return os.environ.get(VOCAB_ENV) or T5_SPM_PATH
+
+
+@gin.configurable
+def t5_vocabulary(path: str | None = None, extra_ids: int = 100) -> seqio.SentencePieceVocabulary:
+    """T5's English SentencePiece vocabulary (32000 pieces + 100 sentinels = 32100 ids)."""
+    return seqio.SentencePieceVocabulary(path or default_spm_path(), extra_ids=extra_ids)
+
+
+@gin.configurable
+def mt5_vocabulary(path: str = MT5_SPM_PATH, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
+    """mT5's 250k multilingual vocabulary (its model file already holds 100 sentinels)."""
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+@gin.configurable
+def byt5_vocabulary(extra_ids: int = 0) -> seqio.ByteVocabulary:
+    """ByT5: UTF-8 bytes offset by 3 special ids."""
+    return seqio.ByteVocabulary(extra_ids=extra_ids)
+
+
+def vocabulary_to_spec(vocab: seqio.Vocabulary, embed_model: bool = True) -> dict[str, Any]:
+    if isinstance(vocab, seqio.ByteVocabulary):
+        return {"kind": "byte", "extra_ids": vocab.extra_ids}
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+        spec = {
+            "kind": "sentencepiece",
+            "path": vocab.sentencepiece_model_file,
+            "extra_ids": vocab.extra_ids,
+        }
+        if embed_model:
+            spec["model_b64"] = base64.b64encode(vocab.sp_model).decode("ascii")
+        return spec
+    raise TypeError(f"cannot describe vocabulary of type {type(vocab).__name__}")
+
+
+def vocabulary_from_spec(spec: dict[str, Any]) -> seqio.Vocabulary:
+    kind = spec.get("kind")
+    if kind == "byte":
+        return seqio.ByteVocabulary(extra_ids=spec.get("extra_ids", 0))
+    if kind == "sentencepiece":
+        path = spec["path"]
+        embedded = spec.get("model_b64")
+        if embedded and not _exists(path):
+            path = _materialise(base64.b64decode(embedded))
+        return seqio.SentencePieceVocabulary(path, extra_ids=spec.get("extra_ids", 0))
+    raise ValueError(f"unknown vocabulary kind {kind!r} in {spec}")
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        return False  # prefer the embedded copy to a network round trip
+    return Path(path).is_file()
+
+
+def _materialise(model: bytes) -> str:
+    """Writes an embedded SentencePiece model to a content-addressed cache file."""
+    cache = Path(os.environ.get("T5PIPE_CACHE", Path.home() / ".cache" / "t5pipe")) / "vocab"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{hashlib.sha256(model).hexdigest()[:16]}.model"
+    if not target.exists():
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(model)
+        tmp.replace(target)
+    return str(target)
