@@ -1,0 +1,156 @@
+"""Device mesh and logical-axis rules: how the model's named axes map onto devices.
+
+The model names logical axes only (`batch`, `length`, `embed`, `mlp`, `heads`,
+`kv`, `vocab`, `relpos_buckets`, `layers`). A rule set maps each onto mesh axes
+(`data`, `fsdp`, `model`); the mesh shape then decides what is really split:
+
+    data 8                  -> data parallel (parameters replicated)
+    fsdp 8                  -> parameters and optimizer state sharded on `embed`
+    data 2 x fsdp 2 x model 2, data 4 x model 2 -> combinations with tensor parallelism
+                               (heads, mlp and vocab split over `model`)
+
+One code path serves one CPU, a GPU box and a TPU pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "model")
+
+# The batch is split over every data-like axis; a logical axis may fall back to a
+# later rule when its mesh axis is already used in the same array (flax semantics).
+_UNSHARDED = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers", None))
+RULE_SETS: dict[str, tuple[tuple[str, str | tuple[str, ...] | None], ...]] = {
+    "data_parallel": (
+        ("batch", ("data", "fsdp")),
+        ("embed", None), ("vocab", None), ("mlp", None), ("heads", None),
+        *_UNSHARDED,
+    ),
+    "fsdp": (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"), ("vocab", None), ("mlp", None), ("heads", None),
+        *_UNSHARDED,
+    ),
+    "tensor_parallel": (
+        ("batch", ("data", "fsdp")),
+        ("embed", None), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+        *_UNSHARDED,
+    ),
+    # FSDP and tensor parallelism together: what the mesh shape does not use is a no-op.
+    "standard": (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+        *_UNSHARDED,
+    ),
+}
+
+
+@gin.configurable
+def logical_axis_rules(name: str = "standard", overrides: Sequence[tuple] = ()) -> tuple:
+    """A named rule set, with `overrides` (logical, mesh axes) taking precedence."""
+    if name not in RULE_SETS:
+        raise ValueError(f"logical_axis_rules.name={name!r}: expected one of {sorted(RULE_SETS)}")
+    overridden = {logical for logical, _ in overrides}
+    base = tuple(rule for rule in RULE_SETS[name] if rule[0] not in overridden)
+    return tuple(tuple(rule) for rule in overrides) + base
+
+
+@gin.configurable
+def create_mesh(
+    mesh_shape: Sequence[int] = (-1, 1, 1),
+    dcn_mesh_shape: Sequence[int] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A (data, fsdp, model) mesh. One entry of `mesh_shape` may be -1 ("the rest").
+
+    With `dcn_mesh_shape` (TPU multi-slice), `mesh_shape` is the per-slice shape
+    and `dcn_mesh_shape` the shape across slices.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    num_slices = math.prod(dcn_mesh_shape) if dcn_mesh_shape else 1
+    shape = _resolve_shape(mesh_shape, len(devices) // num_slices)
+    if dcn_mesh_shape:
+        if len(dcn_mesh_shape) != len(MESH_AXES):
+            raise ValueError(f"create_mesh.dcn_mesh_shape needs {len(MESH_AXES)} entries")
+        grid = mesh_utils.create_hybrid_device_mesh(shape, dcn_mesh_shape, devices)
+    elif devices[0].platform in ("tpu", "gpu") and len(devices) > 1:
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    else:
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def _resolve_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    shape = list(mesh_shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(
+            f"create_mesh.mesh_shape={tuple(mesh_shape)} needs {len(MESH_AXES)} entries "
+            f"for axes {MESH_AXES}"
+        )
+    if shape.count(-1) > 1:
+        raise ValueError(f"create_mesh.mesh_shape={tuple(mesh_shape)}: at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(
+                f"create_mesh.mesh_shape={tuple(mesh_shape)} does not divide {num_devices} devices"
+            )
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"create_mesh.mesh_shape={tuple(mesh_shape)} holds {math.prod(shape)} devices, "
+            f"but {num_devices} are available"
+        )
+    return tuple(shape)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules) -> object:
+    """A pytree of logical PartitionSpecs -> the same pytree of NamedShardings."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """Sharding of host batches [batch, length]: the batch split like activations' `batch`."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules):
+    """Context under which the model's `with_logical_constraint`s resolve on `mesh`.
+
+    Enter it around tracing (the first call of a jitted function).
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def describe_params(params, logical_specs, mesh: Mesh, rules) -> str:
+    """One line per parameter: path, shape, logical axes, mesh partition spec (model-info.txt)."""
+    lines = []
+    flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    total = 0
+    for (path, leaf), spec in zip(flat_params, flat_specs, strict=True):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        mesh_spec = nn.logical_to_mesh_axes(spec, rules)
+        total += int(np.prod(leaf.shape))
+        lines.append(
+            f"{name:<70} {str(tuple(leaf.shape)):<22} {str(leaf.dtype):<9} "
+            f"logical={tuple(spec)} mesh={tuple(mesh_spec)}"
+        )
+    lines.append(f"total parameters: {total:,}  mesh: {dict(mesh.shape)}")
+    return "\n".join(lines)
