@@ -1,0 +1,109 @@
+"""Mesh construction, logical-axis rules, and checkpoints moving between meshes (8 CPU devices)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from t5pipe import checkpoints, partitioning
+from t5pipe.model import T5, abstract_params, init_params
+from t5pipe.vocabularies import byt5_vocabulary
+
+LAYOUTS = {
+    "data8": (8, 1, 1),
+    "fsdp8": (1, 8, 1),
+    "data2_fsdp2_model2": (2, 2, 2),
+    "data4_model2": (4, 1, 2),
+}
+
+
+def sharded_params(config, mesh_shape, rules_name="standard", seed=0):
+    mesh = partitioning.create_mesh(mesh_shape)
+    rules = partitioning.logical_axis_rules(rules_name)
+    _, specs = abstract_params(config)
+    shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+    params = jax.jit(lambda rng: init_params(config, rng), out_shardings=shardings)(
+        jax.random.PRNGKey(seed)
+    )
+    return params, mesh, rules
+
+
+def test_mesh_shape_with_rest_and_errors():
+    assert dict(partitioning.create_mesh((-1, 2, 1)).shape) == {"data": 4, "fsdp": 2, "model": 1}
+    with pytest.raises(ValueError, match="at most one -1"):
+        partitioning.create_mesh((-1, -1, 2))
+    with pytest.raises(ValueError, match="does not divide 8 devices"):
+        partitioning.create_mesh((-1, 3, 1))
+    with pytest.raises(ValueError, match="holds 4 devices"):
+        partitioning.create_mesh((2, 2, 1))
+    with pytest.raises(ValueError, match="expected one of"):
+        partitioning.logical_axis_rules("pipeline")
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_parameters_are_sharded_as_the_rules_say(layout):
+    data, fsdp, model = LAYOUTS[layout]
+    config = tiny_config()
+    params, _, _ = sharded_params(config, LAYOUTS[layout])
+    query = params["encoder"]["layers_0"]["attention"]["query"]  # [embed, heads, kv]
+    assert query.addressable_shards[0].data.shape == (
+        config.d_model // fsdp, config.num_heads // model, config.d_kv
+    )
+    wi = params["decoder"]["layers_1"]["mlp"]["wi_0"]  # [embed, mlp]
+    assert wi.addressable_shards[0].data.shape == (config.d_model // fsdp, config.d_ff // model)
+    embedding = params["token_embedder"]["embedding"]  # [vocab, embed]
+    assert embedding.addressable_shards[0].data.shape == (
+        config.vocab_size // model, config.d_model // fsdp
+    )
+    relpos = params["encoder"]["relpos_bias"]["rel_embedding"]  # [heads, buckets]
+    assert relpos.addressable_shards[0].data.shape == (
+        config.num_heads // model, config.relative_attention_num_buckets
+    )
+
+
+def test_data_parallel_rules_replicate_parameters():
+    params, _, _ = sharded_params(tiny_config(), (1, 8, 1), rules_name="data_parallel")
+    for leaf in jax.tree.leaves(params):
+        assert leaf.addressable_shards[0].data.shape == leaf.shape
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_forward_pass_is_layout_independent(layout):
+    config = tiny_config()
+    tokens = np.random.default_rng(0).integers(1, config.vocab_size, (8, 12)).astype(np.int32)
+    reference = T5(config).apply({"params": init_params(config, jax.random.PRNGKey(0))}, tokens, tokens)
+    params, mesh, rules = sharded_params(config, LAYOUTS[layout])
+    batch = jax.device_put(tokens, partitioning.batch_sharding(mesh, rules))
+    with partitioning.activation_rules(mesh, rules):
+        logits = jax.jit(lambda p, t: T5(config).apply({"params": p}, t, t))(params, batch)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    config = tiny_config()
+    params, _, _ = sharded_params(config, (8, 1, 1), seed=3)
+    checkpoints.save_checkpoint(tmp_path / "ckpt", {"params": params}, config, byt5_vocabulary())
+
+    _, specs = abstract_params(config)
+    mesh = partitioning.create_mesh((2, 1, 4))
+    rules = partitioning.logical_axis_rules("standard")
+    shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+    target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings)
+    restored = checkpoints.load_params(tmp_path / "ckpt", target)
+    for original, back, sharding in zip(
+        jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(shardings), strict=True
+    ):
+        assert back.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(original))
+
+
+def test_model_info_lists_partition_specs():
+    config = tiny_config()
+    params, mesh, rules = sharded_params(config, (2, 2, 2))
+    _, specs = abstract_params(config)
+    info = partitioning.describe_params(params, specs, mesh, rules)
+    line = next(x for x in info.splitlines() if x.startswith("encoder/layers_0/attention/query"))
+    assert "logical=('embed', 'heads', 'kv')" in line and "mesh=('fsdp', 'model', None)" in line
+    assert f"total parameters: {sum(x.size for x in jax.tree.leaves(params)):,}" in info
+    assert jnp.dtype(params["encoder"]["encoder_norm"]["scale"].dtype) == jnp.float32
