@@ -5,7 +5,7 @@ from setuptools import setup
 setup(
     name="t5pipe",
     version="0.1.0",
-    description="T5 pretraining, fine-tuning, evaluation and inference on JAX/Flax with seqio and gin",
+    description="T5 pretraining, fine-tuning, evaluation and inference on JAX/Flax, seqio, gin",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

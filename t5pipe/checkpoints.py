@@ -69,7 +69,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             "import a Hugging Face model with `t5pipe convert --from_hf DIR --out CKPT`"
         )
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    restored = checkpointer.restore(path, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+    restored = checkpointer.restore(
+        path, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+    )
     return restored[META_ITEM]
 
 

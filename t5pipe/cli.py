@@ -17,8 +17,11 @@ COMMANDS = {
     "tasks": ("t5pipe.task_browser", "list registered tasks, show examples"),
 }
 
-USAGE = "usage: t5pipe {" + ",".join(COMMANDS) + "} [flags]   (t5pipe COMMAND --help)\n\n" + "\n".join(
-    f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items()
+USAGE = (
+    "usage: t5pipe {"
+    + ",".join(COMMANDS)
+    + "} [flags]   (t5pipe COMMAND --help)\n\n"
+    + "\n".join(f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items())
 )
 
 

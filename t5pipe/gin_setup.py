@@ -13,6 +13,7 @@ search path, so `--gin_file=models/t5_1_1/base.gin` works from anywhere.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,18 @@ from pathlib import Path
 import gin
 
 GIN_DOT_PREFIX = "--gin."
+
+
+class _DropGinPackageProbe(logging.Filter):
+    """gin first tries every --gin_file as a Python package resource and logs an
+    ERROR for each miss ("Path not found: models/..."), although the search path
+    then finds the file. Those lines only alarm users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Path not found: %s" and "gin" in record.pathname)
+
+
+logging.getLogger().addFilter(_DropGinPackageProbe())
 
 
 def gin_configs_dir() -> str:
@@ -36,7 +49,10 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (gin, t5x-style)")
     group.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     group.add_argument(
-        "--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)"
+        "--gin_bindings",
+        action="append",
+        default=[],
+        help="gin binding 'NAME = VALUE' (repeatable)",
     )
     group.add_argument(
         "--gin_search_paths", action="append", default=[], help="comma-separated folders"
@@ -81,7 +97,9 @@ def _as_gin_value(value: str) -> str:
     if value.startswith(("@", "%")):
         return value
     try:
-        gin.config_parser.ConfigParser(f"X = {value}", gin.config_parser.ParserDelegate()).parse_statement()
+        gin.config_parser.ConfigParser(
+            f"X = {value}", gin.config_parser.ParserDelegate()
+        ).parse_statement()
         return value
     except Exception:  # noqa: BLE001 - anything gin cannot read is a plain string
         return repr(value)

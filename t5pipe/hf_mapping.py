@@ -8,7 +8,8 @@ HF stores `torch.nn.Linear` weights as [out, in]; t5pipe keeps kernels as
 
     HF q/k/v.weight  [heads * kv, embed]  <->  attention/{query,key,value} [embed, heads, kv]
     HF o.weight      [embed, heads * kv]  <->  attention/out [heads, kv, embed]
-    HF relative_attention_bias.weight [buckets, heads] <-> relpos_bias/rel_embedding [heads, buckets]
+    HF relative_attention_bias.weight [buckets, heads]
+        <-> relpos_bias/rel_embedding [heads, buckets]
 
 Transposes and reshapes only, so a round trip is bit-exact.
 """
@@ -106,7 +107,10 @@ def _entries(config: T5Config) -> Iterator[tuple[str, tuple[str, ...], Transform
         yield from transposed(f"{hf_prefix}.wo.weight", (*path, "wo"))
 
     yield from same("shared.weight", ("token_embedder", "embedding"))
-    for stack, n_layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
+    for stack, n_layers in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
         yield from transposed(
             f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
             (stack, "relpos_bias", "rel_embedding"),
@@ -114,7 +118,9 @@ def _entries(config: T5Config) -> Iterator[tuple[str, tuple[str, ...], Transform
         for i in range(n_layers):
             hf, ours = f"{stack}.block.{i}.layer", (stack, f"layers_{i}")
             if stack == "encoder":
-                yield from same(f"{hf}.0.layer_norm.weight", (*ours, "pre_attention_layer_norm", "scale"))
+                yield from same(
+                    f"{hf}.0.layer_norm.weight", (*ours, "pre_attention_layer_norm", "scale")
+                )
                 yield from attention(f"{hf}.0.SelfAttention", (*ours, "attention"))
                 yield from same(f"{hf}.1.layer_norm.weight", (*ours, "pre_mlp_layer_norm", "scale"))
                 yield from mlp(f"{hf}.1.DenseReluDense", (*ours, "mlp"))
@@ -126,7 +132,9 @@ def _entries(config: T5Config) -> Iterator[tuple[str, tuple[str, ...], Transform
                 yield from same(
                     f"{hf}.1.layer_norm.weight", (*ours, "pre_cross_attention_layer_norm", "scale")
                 )
-                yield from attention(f"{hf}.1.EncDecAttention", (*ours, "encoder_decoder_attention"))
+                yield from attention(
+                    f"{hf}.1.EncDecAttention", (*ours, "encoder_decoder_attention")
+                )
                 yield from same(f"{hf}.2.layer_norm.weight", (*ours, "pre_mlp_layer_norm", "scale"))
                 yield from mlp(f"{hf}.2.DenseReluDense", (*ours, "mlp"))
         yield from same(f"{stack}.final_layer_norm.weight", (stack, f"{stack}_norm", "scale"))
@@ -152,7 +160,10 @@ def params_from_hf(tensors: Iterable[tuple[str, np.ndarray]], config: T5Config) 
     unexpected, seen = [], set()
     for name, array in tensors:
         if name not in table:
-            if not (name in _IGNORED_HF_NAMES or (name == "lm_head.weight" and config.tie_word_embeddings)):
+            if not (
+                name in _IGNORED_HF_NAMES
+                or (name == "lm_head.weight" and config.tie_word_embeddings)
+            ):
                 unexpected.append(name)
             continue
         path, to_ours = table[name]
@@ -166,7 +177,8 @@ def params_from_hf(tensors: Iterable[tuple[str, np.ndarray]], config: T5Config) 
         raise ValueError(
             "the Hugging Face checkpoint does not match the model config: "
             f"missing tensors {missing[:10]}{' ...' if len(missing) > 10 else ''} "
-            f"({len(missing)} in all); unexpected tensors {unexpected[:10]} ({len(unexpected)} in all)"
+            f"({len(missing)} in all); "
+            f"unexpected tensors {unexpected[:10]} ({len(unexpected)} in all)"
         )
     return params
 
@@ -185,7 +197,10 @@ def scan_layout(params: dict, config: T5Config) -> dict:
     import jax
 
     out = dict(params)
-    for stack, n in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
+    for stack, n in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
         stack_params = dict(params[stack])
         layers = [stack_params.pop(f"layers_{i}") for i in range(n)]
         stack_params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
@@ -198,7 +213,10 @@ def unscan_layout(params: dict, config: T5Config) -> dict:
     import jax
 
     out = dict(params)
-    for stack, n in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
+    for stack, n in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
         stack_params = dict(params[stack])
         layers = stack_params.pop("layers")
         for i in range(n):

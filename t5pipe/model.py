@@ -232,7 +232,9 @@ class FeedForward(nn.Module):
         x = x.astype(dtype)
 
         def dense_in(name):
-            kernel = _param(self, name, cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+            kernel = _param(
+                self, name, cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp")
+            )
             return _constrain(x @ kernel.astype(dtype), ("batch", "length", "mlp"))
 
         act = _activation(cfg.feed_forward_proj)
@@ -448,7 +450,9 @@ class T5(nn.Module):
         embedded = self.token_embedder(encoder_input_tokens)
         if cfg.prompt_length > 0:
             batch = encoder_input_tokens.shape[0]
-            prompt = jnp.broadcast_to(self.prompt.astype(embedded.dtype), (batch, *self.prompt.shape))
+            prompt = jnp.broadcast_to(
+                self.prompt.astype(embedded.dtype), (batch, *self.prompt.shape)
+            )
             embedded = jnp.concatenate([prompt, embedded], axis=1)
             # The prompt belongs to the row's first example (prompt tuning is unpacked).
             prompt_segments = jnp.broadcast_to(

@@ -19,11 +19,12 @@ import math
 from collections.abc import Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import gin
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -33,23 +34,35 @@ _UNSHARDED = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers
 RULE_SETS: dict[str, tuple[tuple[str, str | tuple[str, ...] | None], ...]] = {
     "data_parallel": (
         ("batch", ("data", "fsdp")),
-        ("embed", None), ("vocab", None), ("mlp", None), ("heads", None),
+        ("embed", None),
+        ("vocab", None),
+        ("mlp", None),
+        ("heads", None),
         *_UNSHARDED,
     ),
     "fsdp": (
         ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"), ("vocab", None), ("mlp", None), ("heads", None),
+        ("embed", "fsdp"),
+        ("vocab", None),
+        ("mlp", None),
+        ("heads", None),
         *_UNSHARDED,
     ),
     "tensor_parallel": (
         ("batch", ("data", "fsdp")),
-        ("embed", None), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+        ("embed", None),
+        ("vocab", "model"),
+        ("mlp", "model"),
+        ("heads", "model"),
         *_UNSHARDED,
     ),
     # FSDP and tensor parallelism together: what the mesh shape does not use is a no-op.
     "standard": (
         ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+        ("embed", "fsdp"),
+        ("vocab", "model"),
+        ("mlp", "model"),
+        ("heads", "model"),
         *_UNSHARDED,
     ),
 }

@@ -1,10 +1,10 @@
 """Every shipped model gin file builds a config whose shapes match the published checkpoints."""
 
-import gin
 import jax
 import numpy as np
 import pytest
 
+import gin
 from t5pipe import gin_setup
 from t5pipe.model import abstract_params
 from t5pipe.model_config import T5Config
@@ -47,7 +47,9 @@ def count_params(config: T5Config) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
 
 
-@pytest.mark.parametrize("name", [f"{fam}/{size}" for fam, sizes in SIZES.items() for size in sizes])
+@pytest.mark.parametrize(
+    "name", [f"{fam}/{size}" for fam, sizes in SIZES.items() for size in sizes]
+)
 def test_every_model_gin_file_parses(name):
     config = config_from_gin(name)
     assert config.d_model > 0 and config.vocab_size in (32128, 250112, 384)

@@ -85,7 +85,10 @@ def test_relative_position_buckets_match_transformers():
         for buckets, max_distance in ((32, 128), (8, 20)):
             relative = torch.arange(300)[None, :] - torch.arange(300)[:, None]
             ref = attention._relative_position_bucket(
-                relative, bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance
+                relative,
+                bidirectional=bidirectional,
+                num_buckets=buckets,
+                max_distance=max_distance,
             ).numpy()
             ours = relative_position_buckets(300, 300, bidirectional, buckets, max_distance)
             np.testing.assert_array_equal(ours, ref)
@@ -95,21 +98,29 @@ def test_packed_examples_match_separate_runs():
     config = tiny_config()
     params = init_params(config, jax.random.PRNGKey(1))
     rng = np.random.default_rng(3)
-    examples = [(rng.integers(2, 128, n), rng.integers(2, 128, m)) for n, m in ((5, 3), (4, 6), (6, 2))]
+    examples = [
+        (rng.integers(2, 128, n), rng.integers(2, 128, m)) for n, m in ((5, 3), (4, 6), (6, 2))
+    ]
     model = T5(config)
     enc_packed = np.concatenate([e for e, _ in examples])[None]
-    tgt_packed = np.concatenate([t for _, t in examples])[None]
     enc_seg = np.concatenate([np.full(len(e), i + 1) for i, (e, _) in enumerate(examples)])[None]
     dec_seg = np.concatenate([np.full(len(t), i + 1) for i, (_, t) in enumerate(examples)])[None]
     # Each example's decoder input restarts with the start token.
-    dec_in = np.concatenate([np.asarray(shift_right(jnp.asarray(t[None])))[0] for _, t in examples])[None]
+    dec_in = np.concatenate(
+        [np.asarray(shift_right(jnp.asarray(t[None])))[0] for _, t in examples]
+    )[None]
     packed = model.apply(
-        {"params": params}, jnp.asarray(enc_packed), jnp.asarray(dec_in),
-        encoder_segment_ids=jnp.asarray(enc_seg), decoder_segment_ids=jnp.asarray(dec_seg),
+        {"params": params},
+        jnp.asarray(enc_packed),
+        jnp.asarray(dec_in),
+        encoder_segment_ids=jnp.asarray(enc_seg),
+        decoder_segment_ids=jnp.asarray(dec_seg),
     )[0]
     offset = 0
     for enc, tgt in examples:
-        alone = model.apply({"params": params}, jnp.asarray(enc[None]), shift_right(jnp.asarray(tgt[None])))[0]
+        alone = model.apply(
+            {"params": params}, jnp.asarray(enc[None]), shift_right(jnp.asarray(tgt[None]))
+        )[0]
         piece = packed[offset : offset + len(tgt)]
         assert np.linalg.norm(piece - alone) / np.linalg.norm(alone) <= 1e-5
         offset += len(tgt)
@@ -143,11 +154,18 @@ def test_scanned_layers_equal_unrolled(remat_policy):
 def test_dropout_is_active_only_when_enabled():
     config = tiny_config(dropout_rate=0.3)
     tokens = jnp.ones((2, 6), jnp.int32)
-    params = jax.tree.map(np.asarray, hf_mapping.params_from_hf(hf_state(hf_model(config)).items(), config))
+    params = jax.tree.map(
+        np.asarray, hf_mapping.params_from_hf(hf_state(hf_model(config)).items(), config)
+    )
     model = T5(config)
     det1 = model.apply({"params": params}, tokens, tokens)
     det2 = model.apply({"params": params}, tokens, tokens)
-    drop = model.apply({"params": params}, tokens, tokens, enable_dropout=True,
-                       rngs={"dropout": jax.random.PRNGKey(0)})
+    drop = model.apply(
+        {"params": params},
+        tokens,
+        tokens,
+        enable_dropout=True,
+        rngs={"dropout": jax.random.PRNGKey(0)},
+    )
     np.testing.assert_array_equal(det1, det2)
     assert not np.allclose(drop, det1)

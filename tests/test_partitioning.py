@@ -48,17 +48,21 @@ def test_parameters_are_sharded_as_the_rules_say(layout):
     params, _, _ = sharded_params(config, LAYOUTS[layout])
     query = params["encoder"]["layers_0"]["attention"]["query"]  # [embed, heads, kv]
     assert query.addressable_shards[0].data.shape == (
-        config.d_model // fsdp, config.num_heads // model, config.d_kv
+        config.d_model // fsdp,
+        config.num_heads // model,
+        config.d_kv,
     )
     wi = params["decoder"]["layers_1"]["mlp"]["wi_0"]  # [embed, mlp]
     assert wi.addressable_shards[0].data.shape == (config.d_model // fsdp, config.d_ff // model)
     embedding = params["token_embedder"]["embedding"]  # [vocab, embed]
     assert embedding.addressable_shards[0].data.shape == (
-        config.vocab_size // model, config.d_model // fsdp
+        config.vocab_size // model,
+        config.d_model // fsdp,
     )
     relpos = params["encoder"]["relpos_bias"]["rel_embedding"]  # [heads, buckets]
     assert relpos.addressable_shards[0].data.shape == (
-        config.num_heads // model, config.relative_attention_num_buckets
+        config.num_heads // model,
+        config.relative_attention_num_buckets,
     )
 
 
@@ -72,7 +76,9 @@ def test_data_parallel_rules_replicate_parameters():
 def test_forward_pass_is_layout_independent(layout):
     config = tiny_config()
     tokens = np.random.default_rng(0).integers(1, config.vocab_size, (8, 12)).astype(np.int32)
-    reference = T5(config).apply({"params": init_params(config, jax.random.PRNGKey(0))}, tokens, tokens)
+    reference = T5(config).apply(
+        {"params": init_params(config, jax.random.PRNGKey(0))}, tokens, tokens
+    )
     params, mesh, rules = sharded_params(config, LAYOUTS[layout])
     batch = jax.device_put(tokens, partitioning.batch_sharding(mesh, rules))
     with partitioning.activation_rules(mesh, rules):
@@ -89,7 +95,9 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     mesh = partitioning.create_mesh((2, 1, 4))
     rules = partitioning.logical_axis_rules("standard")
     shardings = partitioning.logical_to_sharding(specs, mesh, rules)
-    target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings)
+    target = jax.tree.map(
+        lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
+    )
     restored = checkpoints.load_params(tmp_path / "ckpt", target)
     for original, back, sharding in zip(
         jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(shardings), strict=True
