@@ -7,7 +7,11 @@ flags; commands import lazily so `t5pipe --help` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from t5pipe.errors import EXIT_BAD_INPUT, UserInputError
+from t5pipe.gin_setup import explain_undefined_macro
 
 COMMANDS = {
     "train": ("t5pipe.train", "train or fine-tune a model (gin-configured)"),
@@ -36,7 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _hide_gpus_from_tensorflow()
     module = importlib.import_module(COMMANDS[command][0])
-    return module.main(rest) or 0
+    try:
+        return module.main(rest) or 0
+    except (UserInputError, TypeError) as error:
+        if isinstance(error, TypeError):
+            explained = explain_undefined_macro(error)
+            if explained is None:
+                raise
+            error = explained
+        if os.environ.get("T5PIPE_DEBUG"):
+            raise
+        print(f"t5pipe {command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _hide_gpus_from_tensorflow() -> None:

@@ -13,12 +13,17 @@ search path, so `--gin_file=models/t5_1_1/base.gin` works from anywhere.
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import gin
+
+from t5pipe.errors import UserInputError, nearest
 
 GIN_DOT_PREFIX = "--gin."
 
@@ -92,16 +97,14 @@ def split_gin_dot_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _as_gin_value(value: str) -> str:
-    """Keeps VALUE if gin can parse it as a value; otherwise quotes it as a string."""
+    """Keeps VALUE if it is a gin reference or a Python literal; otherwise quotes it."""
     value = value.strip()
     if value.startswith(("@", "%")):
         return value
     try:
-        gin.config_parser.ConfigParser(
-            f"X = {value}", gin.config_parser.ParserDelegate()
-        ).parse_statement()
+        ast.literal_eval(value)
         return value
-    except Exception:  # noqa: BLE001 - anything gin cannot read is a plain string
+    except (ValueError, SyntaxError):
         return repr(value)
 
 
@@ -109,15 +112,69 @@ def parse_gin(args: argparse.Namespace, dot_bindings: Sequence[str] = ()) -> Non
     """Registers search paths, then parses files and bindings (later ones win)."""
     for entry in [gin_configs_dir(), os.getcwd(), *args.gin_search_paths]:
         for path in str(entry).split(","):
-            if path:
+            if path and path not in gin.config._LOCATION_PREFIXES:
                 gin.add_config_file_search_path(path)
     if args.tfds_data_dir:
         import seqio
 
         seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-    gin.parse_config_files_and_bindings(
-        args.gin_file, [*args.gin_bindings, *dot_bindings], finalize_config=False
+    try:
+        gin.parse_config_files_and_bindings(
+            args.gin_file, [*args.gin_bindings, *dot_bindings], finalize_config=False
+        )
+    except (ValueError, SyntaxError, OSError) as error:
+        raise explain_gin_error(error) from error
+
+
+def explain_gin_error(error: Exception) -> UserInputError:
+    """Turns gin's parse/bind errors into one message with the location and a suggestion."""
+    if isinstance(error, SyntaxError):
+        where = f"{error.filename}, line {error.lineno}" if error.filename else "a --gin binding"
+        text = f": {error.text.strip()}" if error.text else ""
+        return UserInputError(f"gin syntax error in {where}{text} ({error.msg})")
+    message = str(error).strip()
+    location = re.search(r'\n\s*In file "(.*)", line (\d+)\n\s*(.*)', message)
+    if location:
+        message = message[: location.start()].strip()
+    suggestion = ""
+    unknown_parameter = re.search(
+        r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message
     )
+    unknown_configurable = re.search(r"No configurable matching '([\w.]+)'", message)
+    if unknown_parameter:
+        configurable, parameter = unknown_parameter.groups()
+        suggestion = nearest(parameter, _parameters_of(configurable))
+    elif unknown_configurable:
+        suggestion = nearest(unknown_configurable.group(1), _registered_configurables())
+    where = ""
+    if location:
+        file, line, text = location.groups()
+        where = f" in {file}, line {line} (`{text.strip()}`)"
+    return UserInputError(f"gin configuration error{where}: {message}{suggestion}")
+
+
+def explain_undefined_macro(error: TypeError) -> UserInputError | None:
+    """gin reports a macro that is used but never defined only when it is called."""
+    found = re.search(r"In call to configurable 'macro' .* in scope '([\w.]+)'", str(error))
+    if not found:
+        return None
+    return UserInputError(
+        f"gin macro %{found.group(1)} is used but never defined: bind it in a gin file "
+        f"or with --gin.{found.group(1)}=VALUE"
+    )
+
+
+def _registered_configurables() -> list[str]:
+    selectors = list(gin.config._REGISTRY._selector_map)
+    return sorted({name for selector in selectors for name in (selector, selector.split(".")[-1])})
+
+
+def _parameters_of(configurable: str) -> list[str]:
+    try:
+        target = gin.config._REGISTRY.get_match(configurable)
+        return list(inspect.signature(target.wrapped).parameters)
+    except Exception:  # noqa: BLE001 - suggestions are best effort
+        return []
 
 
 def register_configurables() -> None:

@@ -19,12 +19,11 @@ import math
 from collections.abc import Sequence
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-import gin
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -130,6 +129,63 @@ def _resolve_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ..
 def logical_to_sharding(logical_specs, mesh: Mesh, rules) -> object:
     """A pytree of logical PartitionSpecs -> the same pytree of NamedShardings."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def state_logical_specs(state_shapes, params_shapes, param_specs) -> object:
+    """Logical PartitionSpecs for every leaf of a train state (params, optimizer state, ...).
+
+    A leaf whose trailing dict keys name a parameter (`.../encoder/layers_0/mlp/wi_0/kernel`)
+    is split like that parameter: same shape -> the parameter's spec (Adam moments,
+    unfactored Adafactor `v`); one dimension fewer -> the spec without that dimension
+    (Adafactor's factored `v_row` / `v_col`). Where the dropped dimension is ambiguous
+    (a square kernel) and the candidates disagree, and for every other leaf (step
+    counters, rng, placeholders), the leaf is replicated. Works through optax chains,
+    `multi_transform` and masked (frozen) parameters, whose state has no leaves.
+    """
+    params_by_path = {
+        _dict_keys(path): (tuple(leaf.shape), spec)
+        for (path, leaf), spec in zip(
+            jax.tree_util.tree_flatten_with_path(params_shapes)[0],
+            jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+            strict=True,
+        )
+    }
+
+    def spec_for(path, leaf) -> PartitionSpec:
+        keys = _dict_keys(path, trailing=True)
+        for start in range(len(keys)):
+            if keys[start:] in params_by_path:
+                shape, spec = params_by_path[keys[start:]]
+                return _spec_for_derived(tuple(getattr(leaf, "shape", ())), shape, spec)
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(spec_for, state_shapes)
+
+
+def _dict_keys(path, trailing: bool = False) -> tuple:
+    """The dict keys of a pytree path; with `trailing`, only the run of them at its end."""
+    keys = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            keys.append(entry.key)
+        elif trailing:
+            keys = []
+    return tuple(keys)
+
+
+def _spec_for_derived(shape, param_shape, param_spec: PartitionSpec) -> PartitionSpec:
+    axes = tuple(param_spec) + (None,) * (len(param_shape) - len(param_spec))
+    if shape == param_shape:
+        return PartitionSpec(*axes)
+    if len(shape) == len(param_shape) - 1:
+        candidates = {
+            axes[:i] + axes[i + 1 :]
+            for i in range(len(param_shape))
+            if param_shape[:i] + param_shape[i + 1 :] == shape
+        }
+        if len(candidates) == 1:
+            return PartitionSpec(*candidates.pop())
+    return PartitionSpec()
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
