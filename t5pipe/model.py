@@ -120,7 +120,11 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
 
     @nn.compact
-    def __call__(self, query_length: int, key_length: int) -> jax.Array:
+    def __call__(
+        self, query_length: int, key_length: int, query_position: jax.Array | None = None
+    ) -> jax.Array:
+        """-> [1, heads, query_length, key_length]; with `query_position` (decoding one
+        step) only that row: [1, heads, 1, key_length]."""
         cfg = self.config
         table = _param(
             self,
@@ -129,14 +133,18 @@ class RelativePositionBias(nn.Module):
             (cfg.num_heads, cfg.relative_attention_num_buckets),
             ("heads", "relpos_buckets"),
         )
-        buckets = relative_position_buckets(
-            query_length,
-            key_length,
-            self.bidirectional,
-            cfg.relative_attention_num_buckets,
-            cfg.relative_attention_max_distance,
+        buckets = jnp.asarray(
+            relative_position_buckets(
+                query_length,
+                key_length,
+                self.bidirectional,
+                cfg.relative_attention_num_buckets,
+                cfg.relative_attention_max_distance,
+            )
         )
-        return jnp.take(table, jnp.asarray(buckets), axis=1)[None]
+        if query_position is not None:
+            buckets = jax.lax.dynamic_slice_in_dim(buckets, query_position, 1, axis=0)
+        return jnp.take(table, buckets, axis=1)[None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -379,8 +387,7 @@ class Decoder(nn.Module):
         if decode and self.has_variable("cache", "position"):
             position = self.variable("cache", "position", jnp.zeros, (), jnp.int32)
             decode_position = position.value
-            full_bias = relpos(max_decode_length, max_decode_length)
-            self_bias = jax.lax.dynamic_slice_in_dim(full_bias, decode_position, 1, axis=2)
+            self_bias = relpos(max_decode_length, max_decode_length, decode_position)
             self_bias += mask_to_bias(jnp.arange(max_decode_length) <= decode_position)
             position.value = decode_position + 1
         else:
