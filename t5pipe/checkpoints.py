@@ -13,11 +13,13 @@ written by an orbax `CheckpointManager` with the same item names):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 import seqio
+from etils import epath
 
 from t5pipe.model_config import T5Config
 from t5pipe.vocabularies import vocabulary_from_spec, vocabulary_to_spec
@@ -25,6 +27,12 @@ from t5pipe.vocabularies import vocabulary_from_spec, vocabulary_to_spec
 STATE_ITEM = "state"
 META_ITEM = "meta"
 FORMAT_VERSION = 1
+
+
+def resolve_path(path: str | os.PathLike) -> epath.Path:
+    """A path orbax accepts: absolute when local, untouched when remote (gs://...)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def make_meta(config: T5Config, vocabulary: seqio.Vocabulary, **extra: Any) -> dict[str, Any]:
@@ -46,7 +54,7 @@ def save_checkpoint(
     """Writes `state` (a pytree with at least "params") and its description to `path`."""
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     checkpointer.save(
-        Path(path).absolute(),
+        resolve_path(path),
         args=ocp.args.Composite(
             **{
                 STATE_ITEM: ocp.args.StandardSave(state),
@@ -57,12 +65,12 @@ def save_checkpoint(
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    path = Path(path)
+    path = resolve_path(path)
     return (path / STATE_ITEM).is_dir() and (path / META_ITEM).exists()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    path = Path(path).absolute()
+    path = resolve_path(path)
     if not is_checkpoint(path):
         raise FileNotFoundError(
             f"{path} is not a t5pipe checkpoint (expected {STATE_ITEM}/ and {META_ITEM}/ inside); "
@@ -86,7 +94,7 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
 def load_state(path: str | Path, target: Any | None = None) -> dict[str, Any]:
     """Restores the state pytree; `target` (arrays or ShapeDtypeStructs with
     shardings) sets the dtype and placement of each leaf."""
-    path = Path(path).absolute()
+    path = resolve_path(path)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
     return checkpointer.restore(path, args=ocp.args.Composite(**{STATE_ITEM: args}))[STATE_ITEM]
@@ -98,7 +106,7 @@ def load_params(path: str | Path, target: Any | None = None) -> Any:
     `target` (arrays or ShapeDtypeStructs, optionally with shardings) sets the
     dtype and placement of each restored leaf.
     """
-    path = Path(path).absolute()
+    path = resolve_path(path)
     if target is None:
         return load_state(path)["params"]
     item = {"params": target}
