@@ -34,6 +34,7 @@ setup(
         "rouge-score>=0.1.2,<0.2",
         "sacrebleu>=2.6,<2.7",
         "tensorboardX>=2.6.5,<2.7",
+        "etils[epath]>=1.15,<1.16",
     ],
     extras_require={
         # Parity tests against Hugging Face; install torch as `torch==2.13.0` (CPU build).
