@@ -31,8 +31,58 @@ def default_spm_path() -> str:
 
 @gin.configurable
 def t5_vocabulary(path: str | None = None, extra_ids: int = 100) -> seqio.SentencePieceVocabulary:
-    """T5's English SentencePiece vocabulary (32000 pieces + 100 sentinels = 32100 ids)."""
-    return seqio.SentencePieceVocabulary(path or default_spm_path(), extra_ids=extra_ids)
+    """T5's English SentencePiece vocabulary (32000 pieces + 100 sentinels = 32100 ids).
+
+    Without `path` the file is chosen on first use, not now: task modules build
+    their output features at import time, before gin files and `T5PIPE_VOCAB`
+    are necessarily in place.
+    """
+    if path:
+        return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    return DeferredSentencePieceVocabulary(extra_ids=extra_ids)
+
+
+class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePiece vocabulary whose model file is resolved when first read:
+    the gin binding `t5_vocabulary.path`, else `$T5PIPE_VOCAB`, else t5x's default.
+
+    It compares equal to (and pickles as) a plain SentencePieceVocabulary over the
+    resolved file.
+    """
+
+    def __init__(self, extra_ids: int = 100):
+        super().__init__(None, extra_ids=extra_ids)
+
+    # seqio stores the path in `_sentencepiece_model_file`; resolve it on read.
+    @property
+    def _sentencepiece_model_file(self) -> str:
+        return self.__dict__.get("_explicit_path") or _bound_t5_path() or default_spm_path()
+
+    @_sentencepiece_model_file.setter
+    def _sentencepiece_model_file(self, value: str | None) -> None:
+        self.__dict__["_explicit_path"] = value
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_explicit_path", None)
+        state["_sentencepiece_model_file"] = self._sentencepiece_model_file
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["_explicit_path"] = state.pop("_sentencepiece_model_file", None)
+        super().__setstate__(state)
+
+
+def _bound_t5_path() -> str | None:
+    """The gin binding of `t5_vocabulary.path`, macros (`%VOCAB_PATH`) resolved."""
+    try:
+        value = gin.query_parameter("t5_vocabulary.path")
+    except (ValueError, KeyError):
+        return None
+    if isinstance(value, gin.config.ConfigurableReference):
+        value = value.scoped_configurable_fn()  # a macro reference: its value
+    return value
 
 
 @gin.configurable
@@ -57,7 +107,12 @@ def vocabulary_to_spec(vocab: seqio.Vocabulary, embed_model: bool = True) -> dic
             "extra_ids": vocab.extra_ids,
         }
         if embed_model:
-            spec["model_b64"] = base64.b64encode(vocab.sp_model).decode("ascii")
+            # The file as written: `vocab.sp_model` already holds the extra ids, and
+            # loading that with `extra_ids` again fails ("already defined").
+            import tensorflow as tf  # seqio reads model files (local or gs://) this way
+
+            with tf.io.gfile.GFile(vocab.sentencepiece_model_file, "rb") as f:
+                spec["model_b64"] = base64.b64encode(f.read()).decode("ascii")
         return spec
     raise TypeError(f"cannot describe vocabulary of type {type(vocab).__name__}")
 

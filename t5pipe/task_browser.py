@@ -1,0 +1,126 @@
+"""`t5pipe tasks`: what tasks exist and what the model will see.
+
+    t5pipe tasks list [--filter glue]
+        registered tasks and mixtures: name, where the data comes from, splits
+    t5pipe tasks show NAME [--split validation] [-n 3] [--inputs_length 512 --targets_length 128]
+        the first N examples after preprocessing: text, token ids and lengths
+
+Both take the common flags (--gin_file, --gin.NAME=VALUE, --tfds_data_dir, ...) and
+`--module M` (repeatable) to import modules that register more tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+import sys
+
+import numpy as np
+
+from t5pipe import gin_setup
+
+
+def main(argv: list[str]) -> int:
+    argv, dot_bindings = gin_setup.split_gin_dot_flags(argv)
+    parser = argparse.ArgumentParser(
+        prog="t5pipe tasks", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list registered tasks and mixtures")
+    listing.add_argument("--filter", default="", help="only names containing this text")
+    show = commands.add_parser("show", help="show preprocessed examples of a task or mixture")
+    show.add_argument("name")
+    show.add_argument("--split", default="validation")
+    show.add_argument("-n", "--num_examples", type=int, default=3)
+    show.add_argument("--inputs_length", type=int, default=None, help="truncate inputs to this")
+    show.add_argument("--targets_length", type=int, default=None, help="truncate targets")
+    for sub in (listing, show):
+        gin_setup.add_gin_flags(sub)
+        sub.add_argument("--module", action="append", default=[], help="import to register tasks")
+    args = parser.parse_args(argv)
+
+    gin_setup.register_configurables()
+    gin_setup.parse_gin(args, dot_bindings)
+    import seqio
+
+    import t5pipe.tasks  # noqa: F401 - registers the built-in tasks
+    from t5pipe.tasks.sources import DataNotFoundError
+
+    if args.module and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--module my_tasks` for a my_tasks.py right here
+    for module in args.module:
+        importlib.import_module(module)
+    if args.command == "list":
+        return _list(seqio, args.filter)
+    try:
+        return _show(seqio, args)
+    except DataNotFoundError as error:
+        print(f"t5pipe tasks show {args.name}: {error}", file=sys.stderr)
+        return 1
+
+
+def _list(seqio, name_filter: str) -> int:
+    """One line per task (name, splits, source) and per mixture (name, task:rate, ...)."""
+    rows = [("name", "kind", "splits", "source")]
+    for name in sorted(seqio.TaskRegistry.names()):
+        if name_filter in name:
+            task = seqio.get_mixture_or_task(name)
+            rows.append((name, "task", ",".join(task.splits), _describe_source(task.source)))
+    for name in sorted(seqio.MixtureRegistry.names()):
+        if name_filter in name:
+            mixture = seqio.get_mixture_or_task(name)
+            rates = ", ".join(f"{task.name}:{mixture.get_rate(task):g}" for task in mixture.tasks)
+            rows.append((name, "mixture", "", rates))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        print("  ".join([*cells, row[3]]))
+    return 0
+
+
+def _describe_source(source) -> str:
+    dataset_fn = getattr(source, "_dataset_fn", None)
+    return getattr(dataset_fn, "description", None) or type(source).__name__
+
+
+def _show(seqio, args) -> int:
+    registered = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()]
+    if args.name not in registered:
+        close = difflib.get_close_matches(args.name, registered, n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see `t5pipe tasks list`)"
+        print(f"t5pipe tasks show: no task or mixture {args.name!r}{hint}", file=sys.stderr)
+        return 2
+    provider = seqio.get_mixture_or_task(args.name)
+    lengths = None
+    if args.inputs_length or args.targets_length:
+        lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+        lengths = {key: value for key, value in lengths.items() if value}
+    if args.split not in provider.splits:
+        print(
+            f"t5pipe tasks show: {args.name} has no split {args.split!r} "
+            f"(it has {', '.join(provider.splits)})",
+            file=sys.stderr,
+        )
+        return 2
+    dataset = provider.get_dataset(lengths, split=args.split, shuffle=False, seed=0)
+    features = provider.output_features
+    for index, example in enumerate(dataset.take(args.num_examples).as_numpy_iterator()):
+        print(f"=== {args.name} {args.split} example {index}")
+        for key in ("inputs", "targets"):
+            if key not in example:
+                continue
+            ids = np.asarray(example[key])
+            text = example.get(f"{key}_pretokenized")
+            if text is None:
+                text = features[key].vocabulary.decode(ids.tolist())
+            elif isinstance(text, bytes):
+                text = text.decode("utf-8")
+            print(f"{key} ({len(ids)} tokens): {text}")
+            print(f"{key} ids: {ids.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,348 @@
+"""Tasks and mixtures over your own files, registered with seqio like the built-in ones.
+
+    from t5pipe.tasks import user_data
+
+    # 1. supervised: TSV (with a header row) or JSONL, text built from templates
+    user_data.supervised_task(
+        "my_nli",
+        files={"train": "data/train.tsv", "validation": "data/dev.tsv"},
+        inputs_template="nli premise: {premise} hypothesis: {hypothesis}",
+        targets_template="{label}",
+        metrics=["accuracy", "f1"],
+        label_names=["contradiction", "entailment"],
+    )
+
+    # 2. pretraining: span corruption over plain text (one document per line)
+    user_data.text_pretraining_task("my_corpus", files={"train": "corpus/*.txt"})
+
+    # 3. a mixture: tasks with sampling rates (numbers), or equal rates
+    user_data.mixture("my_mix", [("my_nli", 1.0), ("my_corpus", 3.0)])
+
+Files are read when a dataset is first requested, not at registration, so a module of
+such calls is cheap to import (drop it into `tasks/`, or `import` it from a gin file).
+A malformed row raises `UserDataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import random
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import seqio
+import tensorflow as tf
+
+from t5pipe.errors import UserInputError
+from t5pipe.tasks import metrics as metric_lib
+from t5pipe.tasks import postprocessors
+from t5pipe.tasks.features import t5_output_features, text_to_text_preprocessors
+from t5pipe.tasks.sources import DataNotFoundError, examples_source
+from t5pipe.tasks.span_corruption import (
+    MEAN_NOISE_SPAN_LENGTH,
+    NOISE_DENSITY,
+    span_corruption_preprocessors,
+)
+
+
+class UserDataError(UserInputError, ValueError):
+    """A user file or task definition is malformed; the message says where."""
+
+
+Files = str | Sequence[str] | Mapping[str, str | Sequence[str]]
+
+# Metric names a supervised task may ask for. Classification metrics compare class
+# ids, so they need `label_names` ("accuracy" without them compares the texts);
+# correlations compare numbers parsed from the text.
+CLASSIFICATION_METRICS = {
+    "accuracy": lambda labels: metric_lib.accuracy,
+    "matthews_corrcoef": lambda labels: metric_lib.matthews_corrcoef,
+    "f1": lambda labels: metric_lib.f1_score_with_invalid,
+    "macro_f1": lambda labels: metric_lib.mean_multiclass_f1(len(labels)),
+}
+REGRESSION_METRICS = {
+    "pearson_corrcoef": metric_lib.pearson_corrcoef,
+    "spearman_corrcoef": metric_lib.spearman_corrcoef,
+}
+TEXT_METRICS = {
+    "exact_match": metric_lib.accuracy,  # string equality, reported as "accuracy"
+    "squad": metric_lib.squad,
+    "rouge": metric_lib.rouge,
+    "bleu": metric_lib.bleu,
+}
+
+
+def supervised_task(
+    name: str,
+    files: Files,
+    inputs_template: str,
+    targets_template: str,
+    metrics: Sequence[str | Callable] = (),
+    label_names: Sequence[str] | None = None,
+    file_format: str | None = None,
+    columns: Sequence[str] | None = None,
+    vocabulary: seqio.Vocabulary | None = None,
+    overwrite: bool = False,
+) -> seqio.Task:
+    """Registers a text-to-text task read from TSV or JSONL files.
+
+    files: {split: path or glob or list of them}; a bare path/list means {"train": ...}.
+    inputs_template / targets_template: str.format templates over the row's fields
+      (TSV header names, or JSONL keys), e.g. "summarize: {article}" and "{summary}".
+    metrics: names from CLASSIFICATION_METRICS / REGRESSION_METRICS / TEXT_METRICS, or
+      seqio metric functions metric_fn(targets, predictions) -> {name: value}.
+    label_names: the classes' target texts (class id = position); required by the
+      classification metrics, whose scores compare class ids (unknown text -> -1).
+    file_format: "tsv" or "jsonl"; default from each file's suffix (.jsonl/.json -> jsonl).
+    columns: names of the TSV columns when the files have no header row.
+    """
+    split_files = _split_files(files, name)
+    for template_name, template in (("inputs", inputs_template), ("targets", targets_template)):
+        _template_fields(template, f"{name}: {template_name}_template")
+    metric_fns, postprocess_fn = _metrics_and_postprocessor(name, metrics, label_names)
+
+    def read(split: str) -> list[dict[str, str]]:
+        examples = []
+        for path in _expand(split_files[split], name, split):
+            for where, row in _read_rows(path, file_format, columns):
+                examples.append(
+                    {
+                        "inputs": _render(inputs_template, row, where, "inputs_template"),
+                        "targets": _render(targets_template, row, where, "targets_template"),
+                    }
+                )
+        return examples
+
+    return _add_task(
+        name,
+        overwrite,
+        source=examples_source(read, list(split_files), name, _describe(split_files)),
+        preprocessors=text_to_text_preprocessors(),
+        output_features=t5_output_features(vocabulary),
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
+
+
+def text_pretraining_task(
+    name: str,
+    files: Files,
+    document: str = "line",
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    vocabulary: seqio.Vocabulary | None = None,
+    overwrite: bool = False,
+) -> seqio.Task:
+    """Registers a span-corruption pretraining task over UTF-8 plain-text files.
+
+    document: what one document is — "line" (each non-empty line; streamed, so corpora
+      larger than memory work), "paragraph" (blocks separated by blank lines) or "file".
+      Documents are concatenated and cut into segments so that inputs fill the
+      requested length (see span_corruption.py).
+    """
+    if document not in ("line", "paragraph", "file"):
+        raise UserDataError(f"{name}: document={document!r}; use 'line', 'paragraph' or 'file'")
+    split_files = _split_files(files, name)
+
+    def read(split: str) -> list[dict[str, str]]:
+        documents = []
+        for path in _expand(split_files[split], name, split):
+            text = _read_text(path)
+            pieces = [text] if document == "file" else re.split(r"\n\s*\n", text)
+            documents += [{"text": " ".join(p.split())} for p in pieces if p.strip()]
+        return documents
+
+    def stream_lines(split: str, shuffle_files: bool, seed: int | None = None):
+        paths = _expand(split_files[split], name, split)
+        if shuffle_files:
+            random.Random(seed).shuffle(paths)
+        lines = tf.data.TextLineDataset(paths).map(tf.strings.strip)
+        return lines.filter(lambda line: tf.strings.length(line) > 0).map(lambda t: {"text": t})
+
+    if document == "line":
+        stream_lines.description = _describe(split_files)
+        source = seqio.FunctionDataSource(stream_lines, splits=list(split_files))
+    else:
+        source = examples_source(read, list(split_files), name, _describe(split_files))
+    options = {}
+    if noise_density != NOISE_DENSITY or mean_noise_span_length != MEAN_NOISE_SPAN_LENGTH:
+        options = dict(noise_density=noise_density, mean_noise_span_length=mean_noise_span_length)
+    return _add_task(
+        name,
+        overwrite,
+        source=source,
+        preprocessors=span_corruption_preprocessors(**options),
+        output_features=t5_output_features(vocabulary),
+        metric_fns=[],
+    )
+
+
+def mixture(
+    name: str,
+    tasks: Sequence[str | tuple[str, float]],
+    default_rate: float = 1.0,
+    overwrite: bool = False,
+) -> seqio.Mixture:
+    """Registers a mixture of registered tasks (or mixtures): each entry is a name
+    (sampled at `default_rate`) or (name, rate); rates are relative weights."""
+    entries = []
+    for entry in tasks:
+        task, rate = (entry, default_rate) if isinstance(entry, str) else entry
+        if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+            raise UserDataError(f"mixture {name}: no task or mixture named {task!r} is registered")
+        if not rate >= 0:
+            raise UserDataError(f"mixture {name}: rate {rate!r} for {task} must be >= 0")
+        entries.append((task, float(rate)))
+    if overwrite and name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, entries)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _add_task(name: str, overwrite: bool, **task_args) -> seqio.Task:
+    if name in seqio.TaskRegistry.names():
+        if not overwrite:
+            raise UserDataError(f"task {name!r} is already registered (pass overwrite=True)")
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(name, **task_args)
+
+
+def _split_files(files: Files, name: str) -> dict[str, list[str]]:
+    if isinstance(files, str | Path):
+        files = {"train": [files]}
+    elif not isinstance(files, Mapping):
+        files = {"train": list(files)}
+    result = {}
+    for split, paths in files.items():
+        result[split] = [str(paths)] if isinstance(paths, str | Path) else [str(p) for p in paths]
+        if not result[split]:
+            raise UserDataError(f"{name}: split {split!r} lists no files")
+    return result
+
+
+def _describe(split_files: dict[str, list[str]]) -> str:
+    return "files " + "; ".join(f"{split}: {', '.join(p)}" for split, p in split_files.items())
+
+
+def _expand(patterns: list[str], name: str, split: str) -> list[str]:
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        paths += [p for p in matches if Path(p).is_file()]
+        if not any(Path(p).is_file() for p in matches):
+            raise DataNotFoundError(f"{name} {split}: no file matches {pattern}")
+    return paths
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        data = Path(path).read_bytes()
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - data.rfind(b"\n", 0, error.start)  # 1-based, in bytes
+        raise UserDataError(
+            f"{path}:{line}:{column}: not UTF-8 text ({error.reason}: byte offset "
+            f"{error.start} holds {data[error.start : error.end]!r}); save the file as UTF-8"
+        ) from None
+
+
+def _read_rows(path: str, file_format: str | None, columns: Sequence[str] | None):
+    """Yields ("file:line", {field: value}) for each record of a TSV or JSONL file."""
+    file_format = file_format or ("jsonl" if Path(path).suffix in (".jsonl", ".json") else "tsv")
+    text = _read_text(path)
+    lines = text.lstrip("\ufeff").split("\n")
+    if file_format == "jsonl":
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserDataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise UserDataError(f"{path}:{number}: expected a JSON object, got {row!r:.60}")
+            yield f"{path}:{number}", row
+    elif file_format == "tsv":
+        rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = list(columns) if columns else None
+        for number, row in enumerate(rows, start=1):
+            if not row or row == [""]:
+                continue
+            if header is None:
+                header = row
+                continue
+            if len(row) != len(header):
+                raise UserDataError(
+                    f"{path}:{number}: {len(row)} tab-separated fields, expected "
+                    f"{len(header)} ({', '.join(header)})"
+                )
+            yield f"{path}:{number}", dict(zip(header, row, strict=True))
+    else:
+        raise UserDataError(f"{path}: file_format={file_format!r}; use 'tsv' or 'jsonl'")
+
+
+def _template_fields(template: str, where: str) -> list[str]:
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError as error:
+        raise UserDataError(f"{where}: bad template {template!r} ({error})") from None
+
+
+def _render(template: str, row: Mapping[str, Any], where: str, template_name: str) -> str:
+    try:
+        return template.format_map({key: _as_text(value) for key, value in row.items()})
+    except KeyError as error:
+        raise UserDataError(
+            f"{where}: {template_name} uses field {error.args[0]!r}, which this row lacks "
+            f"(fields: {', '.join(map(str, row))})"
+        ) from None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def _metrics_and_postprocessor(
+    name: str, metrics: Sequence[str | Callable], label_names: Sequence[str] | None
+):
+    metric_fns, kinds = [], set()
+    for metric in metrics:
+        if callable(metric):
+            metric_fns.append(metric)
+        elif metric == "accuracy" and not label_names:
+            metric_fns.append(metric_lib.accuracy)  # exact string match
+            kinds.add("text")
+        elif metric in CLASSIFICATION_METRICS:
+            if not label_names:
+                raise UserDataError(f"{name}: metric {metric!r} needs label_names")
+            metric_fns.append(CLASSIFICATION_METRICS[metric](label_names))
+            kinds.add("classification")
+        elif metric in REGRESSION_METRICS:
+            metric_fns.append(REGRESSION_METRICS[metric])
+            kinds.add("regression")
+        elif metric in TEXT_METRICS:
+            metric_fns.append(TEXT_METRICS[metric])
+            kinds.add("text")
+        else:
+            known = sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS, **TEXT_METRICS})
+            raise UserDataError(f"{name}: unknown metric {metric!r}; known: {', '.join(known)}")
+    if len(kinds) > 1:
+        raise UserDataError(
+            f"{name}: metrics {list(metrics)} mix {sorted(kinds)} scoring; a task's "
+            f"predictions are postprocessed one way — split it into two tasks"
+        )
+    if "classification" in kinds:
+        return metric_fns, postprocessors.label_postprocessor(label_names)
+    if "regression" in kinds:
+        return metric_fns, postprocessors.string_to_float
+    return metric_fns, None
