@@ -35,6 +35,7 @@ setup(
         "sacrebleu>=2.6,<2.7",
         "tensorboardX>=2.6.5,<2.7",
         "etils[epath]>=1.15,<1.16",
+        "tqdm>=4.70,<5",
     ],
     extras_require={
         # Parity tests against Hugging Face; install torch as `torch==2.13.0` (CPU build).

@@ -1,0 +1,135 @@
+"""Optimizers and learning-rate schedules (optax), gin-configurable.
+
+Gin binds one optimizer constructor (uncalled: `train` passes it the schedule)
+and one schedule, e.g.
+
+    train.optimizer = @adafactor
+    train.learning_rate = @rsqrt_schedule()
+    rsqrt_schedule.base_learning_rate = 1.0
+    rsqrt_schedule.warmup_steps = 10000
+
+Defaults are T5's: Adafactor factored, decay rate 0.8, parameter-scale-relative
+updates, update clipping at RMS 1.0, no momentum; the inverse-square-root
+schedule with 10k warmup steps gives lr = 1 / sqrt(max(step, 10000)) = 0.01
+during warmup (t5x's `constant * rsqrt_decay`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gin
+import jax.numpy as jnp
+import optax
+
+
+@gin.configurable
+def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000) -> optax.Schedule:
+    """lr(step) = base / sqrt(max(step, warmup_steps)): constant for warmup, then 1/sqrt decay."""
+    if warmup_steps <= 0:
+        raise ValueError(f"rsqrt_schedule.warmup_steps={warmup_steps} must be positive")
+
+    def schedule(step):
+        return base_learning_rate * jnp.reciprocal(
+            jnp.sqrt(jnp.maximum(jnp.asarray(step, jnp.float32), float(warmup_steps)))
+        )
+
+    return schedule
+
+
+@gin.configurable
+def constant_schedule(learning_rate: float = 1e-3, warmup_steps: int = 0) -> optax.Schedule:
+    """A constant rate, optionally after a linear warmup from 0."""
+    if warmup_steps <= 0:
+        return optax.constant_schedule(learning_rate)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, learning_rate, warmup_steps),
+            optax.constant_schedule(learning_rate),
+        ],
+        [warmup_steps],
+    )
+
+
+@gin.configurable
+def linear_schedule(
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 0,
+    decay_steps: int = gin.REQUIRED,
+    end_learning_rate: float = 0.0,
+) -> optax.Schedule:
+    """Linear warmup from 0, then linear decay to `end_learning_rate` at `decay_steps`."""
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
+            optax.linear_schedule(
+                learning_rate, end_learning_rate, max(decay_steps - warmup_steps, 1)
+            ),
+        ],
+        [max(warmup_steps, 1)],
+    )
+
+
+@gin.configurable
+def cosine_schedule(
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 0,
+    decay_steps: int = gin.REQUIRED,
+    end_learning_rate: float = 0.0,
+) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to `end_learning_rate` at `decay_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0,
+        learning_rate,
+        max(warmup_steps, 0),
+        max(decay_steps, warmup_steps + 1),
+        end_learning_rate,
+    )
+
+
+@gin.configurable
+def adafactor(
+    learning_rate: optax.ScalarOrSchedule,
+    decay_rate: float = 0.8,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    momentum: float | None = None,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    weight_decay_rate: float | None = None,
+    global_norm_clip: float | None = None,
+) -> optax.GradientTransformation:
+    """Adafactor with T5's settings (Shazeer & Stern 2018; Mesh TF / t5x defaults)."""
+    transform = optax.adafactor(
+        learning_rate=learning_rate,
+        min_dim_size_to_factor=min_dim_size_to_factor,
+        decay_rate=decay_rate,
+        multiply_by_parameter_scale=multiply_by_parameter_scale,
+        clipping_threshold=clipping_threshold,
+        momentum=momentum,
+        factored=factored,
+        weight_decay_rate=weight_decay_rate,
+    )
+    return _with_clipping(transform, global_norm_clip)
+
+
+@gin.configurable
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    global_norm_clip: float | None = 1.0,
+) -> optax.GradientTransformation:
+    """AdamW: Adam with decoupled weight decay, after optional global-norm clipping."""
+    transform = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return _with_clipping(transform, global_norm_clip)
+
+
+def _with_clipping(transform, global_norm_clip):
+    if global_norm_clip is None:
+        return transform
+    if not (global_norm_clip > 0 and math.isfinite(global_norm_clip)):
+        raise ValueError(f"global_norm_clip={global_norm_clip} must be a positive number")
+    return optax.chain(optax.clip_by_global_norm(global_norm_clip), transform)

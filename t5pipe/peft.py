@@ -1,0 +1,90 @@
+"""Parameter-efficient fine-tuning: train only the parameters whose path matches a regex.
+
+Frozen parameters go through `optax.set_to_zero()` inside `optax.multi_transform`,
+so they get exactly-zero updates (bit-identical after training) and carry no
+optimizer state. Prompt tuning (Lester et al. 2021) is the special case
+`trainable = "^prompt$"` with `T5Config.prompt_length > 0`: the model prepends a
+learned [prompt_length, embed] soft prompt to the encoder's input embeddings.
+
+Parameter paths are the '/'-joined keys, e.g. `encoder/layers_0/attention/query`
+or `prompt`; the regex is matched with `re.search`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from t5pipe.checkpoints import resolve_path
+
+TRAIN, FREEZE = "train", "freeze"
+PROMPT_FILE = "prompt.npy"
+
+
+def param_path(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def trainable_labels(params: Any, trainable: str) -> Any:
+    """A pytree like `params` of TRAIN/FREEZE labels; raises if nothing matches."""
+    pattern = re.compile(trainable)
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: TRAIN if pattern.search(param_path(path)) else FREEZE, params
+    )
+    if TRAIN not in jax.tree.leaves(labels):
+        names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(
+            f"train.trainable_params={trainable!r} matches no parameter; parameter paths look "
+            f"like {names[:5]} (see model-info.txt in MODEL_DIR for all of them)"
+        )
+    return labels
+
+
+def freeze_except(
+    optimizer: optax.GradientTransformation, params: Any, trainable: str | None
+) -> optax.GradientTransformation:
+    """`optimizer` on the parameters matching `trainable`, zero updates elsewhere."""
+    if not trainable:
+        return optimizer
+    labels = trainable_labels(params, trainable)
+    return optax.multi_transform({TRAIN: optimizer, FREEZE: optax.set_to_zero()}, labels)
+
+
+def save_prompt(directory: str | Path, params: Any) -> Path:
+    """Writes the soft prompt [prompt_length, embed] on its own, as `prompt.npy`."""
+    if "prompt" not in params:
+        raise ValueError("the model has no soft prompt (set T5Config.prompt_length > 0)")
+    path = resolve_path(directory) / PROMPT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    with tmp.open("wb") as file:
+        np.save(file, np.asarray(jax.device_get(params["prompt"])))
+    tmp.replace(path)  # readers never see a half-written file
+    return path
+
+
+def load_prompt(path: str | Path) -> np.ndarray:
+    """A prompt saved by `save_prompt` (a file, or the folder holding `prompt.npy`)."""
+    path = resolve_path(path)
+    if path.is_dir():
+        path = path / PROMPT_FILE
+    with path.open("rb") as file:
+        return np.load(file)
+
+
+def merge_prompt(params: Any, prompt: np.ndarray) -> Any:
+    """`params` (of a model with the same prompt_length) with `prompt` swapped in."""
+    if "prompt" not in params:
+        raise ValueError("the model has no soft prompt (set T5Config.prompt_length > 0)")
+    expected = tuple(params["prompt"].shape)
+    if tuple(prompt.shape) != expected:
+        raise ValueError(
+            f"soft prompt of shape {tuple(prompt.shape)} does not fit the model's {expected} "
+            "([prompt_length, d_model]); check T5Config.prompt_length and d_model"
+        )
+    return {**params, "prompt": jax.numpy.asarray(prompt, params["prompt"].dtype)}

@@ -1,0 +1,196 @@
+"""One training step and one teacher-forced eval step: pure functions for `jax.jit`.
+
+The train state is a plain dict pytree:
+
+    {"step": int32 [],          steps taken (also the data position)
+     "params": ...,             float32 parameters
+     "opt_state": ...,          optax state
+     "rng": uint32 [2],         base key; step s uses fold_in(rng, s): resumable per step
+     "skipped_steps": int32 []} updates dropped because the loss or gradient was not finite
+
+Batches are the dicts of seqio's EncDecFeatureConverter, [batch, length] each:
+encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+decoder_loss_weights, and when packed encoder/decoder_segment_ids and _positions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from t5pipe.losses import cross_entropy_with_z_loss, normalizing_weights
+from t5pipe.model import T5
+
+TrainState = dict[str, Any]
+Batch = dict[str, jax.Array]
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "rng": jax.random.key_data(jax.random.PRNGKey(seed)),
+        "skipped_steps": jnp.zeros((), jnp.int32),
+    }
+
+
+def logits_for(model: T5, params, batch: Batch, dropout_rng: jax.Array | None) -> jax.Array:
+    """Teacher-forced logits [batch, length, vocab]; dropout on when `dropout_rng` is given."""
+    return model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch.get("encoder_segment_ids"),
+        batch.get("decoder_segment_ids"),
+        enable_dropout=dropout_rng is not None,
+        rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
+    )
+
+
+def microbatch_loss(params, batch: Batch, factor, dropout_rng, step, *, model, z_loss, smoothing):
+    """Loss of one microbatch, already divided by the whole batch's normalising factor.
+
+    `batch["weights"]` holds the normalising token weights. `step` is unused here;
+    it is part of the signature so tests can inject faults at a chosen step.
+    -> (loss [], (z_loss [], correct-token weight [], real-token count [])).
+    """
+    del step
+    logits = logits_for(model, params, batch, dropout_rng)
+    total, z_total, correct = cross_entropy_with_z_loss(
+        logits,
+        batch["decoder_target_tokens"],
+        batch["weights"],
+        z_loss=z_loss,
+        label_smoothing=smoothing,
+    )
+    num_tokens = jnp.sum(batch["decoder_loss_weights"] > 0).astype(jnp.float32)
+    return total / factor, (z_total / factor, correct, num_tokens)
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+    """[batch, ...] -> [num_microbatches, batch / num_microbatches, ...].
+
+    Microbatch m takes rows m, m + M, m + 2M, ...: a batch split over devices in
+    contiguous blocks then gives every device a share of every microbatch.
+    """
+
+    def split(x):
+        rows = x.shape[0]
+        if rows % num_microbatches:
+            raise ValueError(
+                f"batch size {rows} is not divisible by num_microbatches={num_microbatches}"
+            )
+        x = x.reshape(rows // num_microbatches, num_microbatches, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: T5,
+    optimizer: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    loss_normalizing_factor: float | str | None = None,
+    num_microbatches: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Gradients of the batch loss (accumulated over microbatches), one optimizer update.
+
+    A non-finite loss or gradient norm leaves params and optimizer state unchanged
+    and counts the step in `skipped_steps`; whether to stop is the caller's choice.
+    """
+    step, params = state["step"], state["params"]
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    if model.config.dropout_rate == 0.0:
+        dropout_rng = None
+    weights, factor = normalizing_weights(
+        batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_normalizing_factor
+    )
+    batch = {**batch, "weights": weights}
+    loss_fn = functools.partial(
+        _call_microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing
+    )
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    if num_microbatches <= 1:
+        (loss, (z_total, correct, num_tokens)), grads = grad_fn(
+            params, batch, factor, dropout_rng, step
+        )
+    else:
+        micro = _split_microbatches(batch, num_microbatches)
+
+        def accumulate(carry, inputs):
+            index, microbatch = inputs
+            rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+            (m_loss, m_aux), m_grads = grad_fn(params, microbatch, factor, rng, step)
+            grads_sum, sums = carry
+            grads_sum = jax.tree.map(jnp.add, grads_sum, m_grads)
+            sums = jax.tree.map(jnp.add, sums, (m_loss, *m_aux))
+            return (grads_sum, sums), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (zeros, tuple(jnp.zeros((), jnp.float32) for _ in range(4)))
+        indices = jnp.arange(num_microbatches)
+        (grads, (loss, z_total, correct, num_tokens)), _ = jax.lax.scan(
+            accumulate, init, (indices, micro)
+        )
+
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    new_state = {
+        "step": step + 1,
+        "params": keep(new_params, params),
+        "opt_state": keep(new_opt_state, state["opt_state"]),
+        "rng": state["rng"],
+        "skipped_steps": state["skipped_steps"] + (~finite).astype(jnp.int32),
+    }
+    metrics = {
+        "loss": loss,
+        "z_loss": z_total,
+        "accuracy": correct / jnp.maximum(num_tokens, 1.0),
+        "num_target_tokens": num_tokens,
+        "grad_norm": grad_norm,
+        "learning_rate": jnp.asarray(learning_rate(step), jnp.float32),
+        "nonfinite": ~finite,
+        "skipped_steps": new_state["skipped_steps"],
+    }
+    return new_state, metrics
+
+
+def _call_microbatch_loss(params, batch, factor, rng, step, **kwargs):
+    # Looked up at trace time, so a test can substitute `microbatch_loss`.
+    return microbatch_loss(params, batch, factor, rng, step, **kwargs)
+
+
+def eval_step(params, batch: Batch, *, model: T5) -> dict[str, jax.Array]:
+    """Teacher-forced sums over a batch (combine across batches, then divide).
+
+    Rows whose `decoder_loss_weights` are all 0 are padding and count nowhere.
+    `sequences_correct` counts rows whose every target token is the argmax: exactly
+    the rows greedy decoding reproduces (each greedy step then sees the true prefix).
+    """
+    logits = logits_for(model, params, batch, None)
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    targets = batch["decoder_target_tokens"]
+    total, _, correct = cross_entropy_with_z_loss(logits, targets, weights, z_loss=0.0)
+    token_ok = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
+    real_rows = jnp.any(weights > 0, axis=-1)
+    return {
+        "loss_sum": total,
+        "correct_tokens": correct,
+        "num_tokens": jnp.sum(weights),
+        "sequences_correct": jnp.sum(jnp.all(token_ok, axis=-1) & real_rows).astype(jnp.float32),
+        "num_sequences": jnp.sum(real_rows).astype(jnp.float32),
+    }

@@ -1,0 +1,225 @@
+"""Training checkpoints: round trip, resume, retention, initial checkpoints, crash leftovers."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+from train_testlib import FAST, read_metrics, train_in_process
+
+from t5pipe import checkpointing
+from t5pipe.checkpoints import load_model_config, load_params, save_checkpoint
+from t5pipe.model import init_params
+from t5pipe.model_config import T5Config
+from t5pipe.vocabularies import byt5_vocabulary
+
+
+def _assert_trees_equal(a, b):
+    flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+    flat_b = jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for (path, x), y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def test_round_trip_and_resume(tmp_path):
+    model_dir = tmp_path / "run"
+    summary = train_in_process(
+        model_dir,
+        *FAST,
+        "--gin.TRAIN_STEPS=4",
+        "--gin.CHECKPOINT_PERIOD=2",
+        "--gin.CHECKPOINTS_TO_KEEP=None",
+    )
+    assert summary["train_step_compilations"] == 1
+    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [2, 4]
+
+    # Save -> restore: identical params and optimizer state.
+    manager = checkpointing.make_manager(model_dir)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), summary["state"]
+    )
+    restored = checkpointing.restore(manager, 4, abstract)
+    manager.close()
+    _assert_trees_equal(restored["params"], summary["state"]["params"])
+    _assert_trees_equal(restored["opt_state"], summary["state"]["opt_state"])
+    assert int(restored["step"]) == 4
+
+    # Each step folder is a self-describing checkpoint for eval/infer.
+    config = load_model_config(ckpt_dir / "4")
+    assert config == T5Config().replace(**config.to_dict()) and config.d_model == 64
+    _assert_trees_equal(load_params(ckpt_dir / "4"), summary["state"]["params"])
+
+    # Training resumed from the checkpoint continues at step 5.
+    resumed = train_in_process(
+        model_dir,
+        *FAST,
+        "--gin.TRAIN_STEPS=6",
+        "--gin.CHECKPOINT_PERIOD=2",
+        "--gin.CHECKPOINTS_TO_KEEP=None",
+    )
+    assert resumed["step"] == 6
+    steps = [r["step"] for r in read_metrics(model_dir)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [2, 4, 6]
+    for name in ("config.gin", "model-info.txt", "metrics.jsonl"):
+        assert (model_dir / name).is_file()
+    assert "TRAIN_STEPS = 6" in (model_dir / "config.gin").read_text()
+    assert any((model_dir / "tensorboard").iterdir())
+    first = read_metrics(model_dir)[0]
+    for key in (
+        "loss",
+        "accuracy",
+        "z_loss",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_second",
+        "steps_per_second",
+        "mfu",
+    ):
+        assert key in first
+
+
+def test_keeps_last_k_and_cleans_incomplete(tmp_path, caplog):
+    model_dir = tmp_path / "run"
+    train_in_process(
+        model_dir,
+        *FAST,
+        "--gin.TRAIN_STEPS=4",
+        "--gin.CHECKPOINT_PERIOD=1",
+        "--gin.CHECKPOINTS_TO_KEEP=2",
+    )
+    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [3, 4]
+
+    # Leftovers of an interrupted save: orbax's temporary folder, a folder never committed.
+    (ckpt_dir / "5.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
+    (ckpt_dir / "6" / "state").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="t5pipe.checkpointing"):
+        summary = train_in_process(
+            model_dir,
+            *FAST,
+            "--gin.TRAIN_STEPS=5",
+            "--gin.CHECKPOINT_PERIOD=1",
+            "--gin.CHECKPOINTS_TO_KEEP=2",
+        )
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "5.orbax-checkpoint-tmp-1234" in warned and "incomplete checkpoint" in warned
+    assert str(ckpt_dir / "6") in warned
+    assert summary["step"] == 5  # resumed from 4, not from the broken 6
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["4", "5"]
+
+
+def test_best_checkpoint_is_kept(tmp_path):
+    manager = checkpointing.make_manager(tmp_path, keep=1, best_metric="acc", async_save=False)
+    meta = {"format": 1}
+    for step, acc in [(1, 0.2), (2, 0.9), (3, 0.5), (4, 0.4)]:
+        state = {"step": np.int32(step), "params": {"w": np.full((2,), step, np.float32)}}
+        checkpointing.save(manager, state, meta, {"acc": acc})
+    manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == [2, 4]  # the latest and the best
+    manager.close()
+
+
+def test_initial_checkpoint_other_dtype_and_partial(tmp_path):
+    vocabulary = byt5_vocabulary()
+    # The quickstart's model (gin/models/tiny.gin) built directly.
+    config = T5Config(
+        vocab_size=384,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        d_model=64,
+        d_ff=128,
+        num_heads=4,
+        d_kv=16,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    )
+    params = init_params(config, jax.random.PRNGKey(7))
+    bf16 = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16), params)
+    save_checkpoint(tmp_path / "init", {"params": bf16}, config, vocabulary)
+
+    # One step with learning rate 0: the trained params are the checkpoint's, in float32.
+    summary = train_in_process(
+        tmp_path / "run",
+        *FAST,
+        "--gin.TRAIN_STEPS=1",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'init'}'",
+        "--gin.constant_schedule.learning_rate=0.0",
+    )
+    trained = summary["state"]["params"]
+    jax.tree.map(
+        lambda t, b: np.testing.assert_array_equal(np.asarray(t), np.asarray(b).astype(np.float32)),
+        trained,
+        bf16,
+    )
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(trained))
+
+    # A checkpoint lacking a parameter and holding an extra one: a clear list, or a
+    # partial restore when allowed.
+    partial = dict(bf16)
+    partial.pop("logits_dense")
+    partial["extra_head"] = {"kernel": np.zeros((2, 2), np.float32)}
+    save_checkpoint(tmp_path / "partial", {"params": partial}, config, vocabulary)
+    with pytest.raises(ValueError, match=r"lacks 1 parameter.*logits_dense/kernel.*extra_head"):
+        train_in_process(
+            tmp_path / "run2",
+            *FAST,
+            "--gin.TRAIN_STEPS=1",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'partial'}'",
+        )
+    summary = train_in_process(
+        tmp_path / "run3",
+        *FAST,
+        "--gin.TRAIN_STEPS=1",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'partial'}'",
+        "--gin.train.allow_partial_initial_checkpoint=True",
+        "--gin.constant_schedule.learning_rate=0.0",
+    )
+    trained = summary["state"]["params"]
+    np.testing.assert_array_equal(
+        np.asarray(trained["encoder"]["encoder_norm"]["scale"]),
+        np.asarray(bf16["encoder"]["encoder_norm"]["scale"]).astype(np.float32),
+    )
+
+    # Shapes that do not fit the model: every mismatch listed.
+    wrong = dict(bf16)
+    wrong["logits_dense"] = {"kernel": np.zeros((64, 100), np.float32)}
+    save_checkpoint(tmp_path / "wrong", {"params": wrong}, config, vocabulary)
+    with pytest.raises(ValueError, match=r"logits_dense/kernel: checkpoint \(64, 100\) vs model"):
+        train_in_process(
+            tmp_path / "run4",
+            *FAST,
+            "--gin.TRAIN_STEPS=1",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'wrong'}'",
+        )
+
+
+def test_early_stopping_on_eval_metric(tmp_path):
+    # Patience 1 on "higher teacher-forced loss is better": the first eval sets the best,
+    # the second (loss fell while training) does not improve it, so the run stops at step 2.
+    summary = train_in_process(
+        tmp_path / "run",
+        *FAST,
+        "--gin.TRAIN_STEPS=10",
+        "--gin.EVAL_PERIOD=1",
+        "--gin.CHECKPOINT_PERIOD=100",
+        "--gin.train.eval_max_examples=8",
+        "--gin.train.early_stopping_metric='builtin_reverse_v001/teacher_forced_loss'",
+        "--gin.train.early_stopping_mode='max'",
+        "--gin.train.early_stopping_patience=1",
+    )
+    evals = read_metrics(tmp_path / "run", split="eval")
+    losses = [r["builtin_reverse_v001/teacher_forced_loss"] for r in evals]
+    assert losses[1] < losses[0]
+    assert summary["step"] == 2 and "early stop at step 2" in summary["stopped"]
+    assert checkpointing.is_complete(checkpointing.checkpoints_dir(tmp_path / "run") / "2")
+
+
+def test_remote_model_dir_stays_remote(tmp_path, monkeypatch):
+    # gs:// paths must reach orbax untouched (pathlib would make them "cwd/gs:/bucket").
+    monkeypatch.chdir(tmp_path)
+    assert str(checkpointing.checkpoints_dir("gs://bucket/run")) == "gs://bucket/run/checkpoints"
+    assert str(checkpointing.checkpoints_dir("run")) == str(tmp_path / "run" / "checkpoints")

@@ -1,0 +1,117 @@
+"""`t5pipe train` subprocesses: SIGTERM saves and exits 75, SIGKILL mid-save is recoverable."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from train_testlib import read_metrics, run_train, subprocess_env, train_command
+
+from t5pipe import checkpointing
+
+ARGS = (
+    "--gin_file=runs/quickstart.gin",
+    "--gin.BATCH_SIZE=8",
+    "--gin.STATS_PERIOD=1",
+    "--gin.EVAL_PERIOD=None",
+)
+
+
+def _logged_steps(model_dir):
+    try:
+        return [r["step"] for r in read_metrics(model_dir)]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def test_sigterm_saves_current_step_and_rerun_finishes(tmp_path):
+    model_dir = tmp_path / "run"
+    args = (
+        *ARGS,
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.TRAIN_STEPS=100000",
+        "--gin.CHECKPOINT_PERIOD=100000",
+    )
+    process = subprocess.Popen(
+        train_command(*args),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and max(_logged_steps(model_dir), default=0) < 20:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-3000:]
+    assert "preempted at step" in stderr and "rerun the same command" in stderr
+    step = int(stderr.split("preempted at step ")[1].split(":")[0])
+    assert step >= 20
+    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    assert checkpointing.is_complete(ckpt_dir / str(step)), sorted(ckpt_dir.iterdir())
+
+    # The same command (finishing sooner) resumes at that step.
+    finish = step + 5
+    result = run_train(
+        (*args[:-2], f"--gin.TRAIN_STEPS={finish}", "--gin.CHECKPOINT_PERIOD=100000"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"restored {ckpt_dir / str(step)}" in result.stdout
+    assert _logged_steps(model_dir)[-5:] == list(range(step + 1, finish + 1))
+    assert checkpointing.is_complete(ckpt_dir / str(finish))
+
+
+# Runs `t5pipe train`, killing its own process (SIGKILL) right after the save of step 4
+# has started, i.e. while orbax is still writing it asynchronously.
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from t5pipe import checkpointing, train
+
+    real_save = checkpointing.save
+
+    def save_then_die(manager, state, meta, metrics=None):
+        step = real_save(manager, state, meta, metrics)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step
+
+    checkpointing.save = save_then_die
+    sys.exit(train.main(sys.argv[1:]))
+""")
+
+
+def test_sigkill_during_save_restores_previous_checkpoint(tmp_path):
+    model_dir = tmp_path / "run"
+    args = (
+        *ARGS,
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.TRAIN_STEPS=6",
+        "--gin.CHECKPOINT_PERIOD=2",
+        "--gin.CHECKPOINTS_TO_KEEP=None",
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    assert checkpointing.is_complete(ckpt_dir / "2")
+    assert not checkpointing.is_complete(ckpt_dir / "4")
+    leftovers = [p.name for p in ckpt_dir.iterdir() if p.name != "2"]
+
+    result = run_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"restored {ckpt_dir / '2'}" in result.stdout
+    output = result.stdout + result.stderr
+    for name in leftovers:
+        assert "skipping incomplete checkpoint" in output and name in output
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [2, 4, 6]
+    assert _logged_steps(model_dir)[-4:] == [3, 4, 5, 6]

@@ -1,0 +1,87 @@
+"""The jitted train step: memorisation, microbatching equivalence, non-finite guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+from train_testlib import fixed_batch, jitted_step, make_state
+
+from t5pipe import train_step as train_step_module
+from t5pipe.model import T5
+from t5pipe.optimizers import adafactor, constant_schedule
+
+
+def test_tiny_model_memorises_a_fixed_batch_within_200_steps():
+    config = tiny_config()
+    schedule = constant_schedule(1e-2)
+    optimizer = adafactor(learning_rate=schedule)
+    step = jitted_step(T5(config), optimizer, schedule)
+    state = make_state(config, optimizer)
+    batch = fixed_batch(batch=8, vocab=config.vocab_size, pad_from=[8, 8, 6, 8, 5, 8, 8, 7])
+    losses = []
+    for _ in range(200):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    print(
+        f"memorisation: loss {losses[0]:.3f} -> {losses[-1]:.4f} "
+        f"({losses[-1] / losses[0]:.2%}); first below 10% at step "
+        f"{next(i + 1 for i, v in enumerate(losses) if v < 0.1 * losses[0])}"
+    )
+    assert min(losses) < 0.1 * losses[0]
+    assert losses[-1] < 0.1 * losses[0]
+    assert float(metrics["accuracy"]) > 0.95
+
+
+@pytest.mark.parametrize("normalizer", [None, "NUM_REAL_TARGET_TOKENS", "AVERAGE_PER_SEQUENCE"])
+def test_microbatching_equals_full_batch(normalizer):
+    config = tiny_config()
+    schedule = constant_schedule(1e-2)
+    optimizer = adafactor(learning_rate=schedule)
+    model = T5(config)
+    batch = fixed_batch(batch=8, vocab=config.vocab_size, pad_from=[8, 3, 6, 8, 5, 8, 2, 7])
+    results = {}
+    for microbatches in (1, 4):
+        step = jitted_step(
+            model,
+            optimizer,
+            schedule,
+            loss_normalizing_factor=normalizer,
+            num_microbatches=microbatches,
+        )
+        state, metrics = step(make_state(config, optimizer), batch)
+        results[microbatches] = (state, metrics)
+    (full_state, full_metrics), (micro_state, micro_metrics) = results[1], results[4]
+    for name in ("loss", "z_loss", "accuracy", "grad_norm", "num_target_tokens"):
+        np.testing.assert_allclose(micro_metrics[name], full_metrics[name], rtol=2e-5, err_msg=name)
+    # One identical update: the new parameters agree to float rounding.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        micro_state["params"],
+        full_state["params"],
+    )
+
+
+def test_nonfinite_loss_leaves_state_unchanged_and_counts(monkeypatch):
+    config = tiny_config()
+    schedule = constant_schedule(1e-2)
+    optimizer = adafactor(learning_rate=schedule)
+    original = train_step_module.microbatch_loss
+
+    def poisoned(params, batch, factor, rng, step, **kwargs):
+        loss, aux = original(params, batch, factor, rng, step, **kwargs)
+        return loss * jnp.where(step == 1, jnp.nan, 1.0), aux
+
+    monkeypatch.setattr(train_step_module, "microbatch_loss", poisoned)
+    step = jitted_step(T5(config), optimizer, schedule)
+    batch = fixed_batch(vocab=config.vocab_size)
+    state, metrics = step(make_state(config, optimizer), batch)
+    assert not bool(metrics["nonfinite"])
+    before = jax.tree.map(np.asarray, state)
+    state, metrics = step(state, batch)
+    assert bool(metrics["nonfinite"]) and int(state["skipped_steps"]) == 1
+    assert int(state["step"]) == 2
+    jax.tree.map(np.testing.assert_array_equal, state["params"], before["params"])
+    jax.tree.map(np.testing.assert_array_equal, state["opt_state"], before["opt_state"])
+    state, metrics = step(state, batch)
+    assert not bool(metrics["nonfinite"]) and int(state["skipped_steps"]) == 1
