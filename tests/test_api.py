@@ -1,0 +1,54 @@
+"""The notebook API: load once, predict / score / classify; checked against Hugging Face."""
+
+import numpy as np
+import pytest
+import seqio
+import torch
+from test_infer import INPUTS, byte_checkpoint, hf_greedy_texts  # noqa: F401 (fixture)
+
+from t5pipe import api
+
+
+def hf_log_likelihood(hf, inputs, targets):
+    vocabulary = seqio.ByteVocabulary()
+    scores = []
+    for text, target in zip(inputs, targets, strict=True):
+        ids = torch.tensor([[*vocabulary.encode(text), 1]])
+        labels = torch.tensor([[*vocabulary.encode(target), 1]])
+        with torch.no_grad():
+            logits = hf(input_ids=ids, labels=labels).logits
+        log_probs = torch.log_softmax(logits.double(), -1)
+        scores.append(torch.gather(log_probs, -1, labels[..., None]).sum().item())
+    return np.asarray(scores)
+
+
+def test_load_predict_score_classify(byte_checkpoint):  # noqa: F811
+    path, hf = byte_checkpoint
+    model = api.load(path, batch_size=3)
+    assert model.batch_size == 8  # rounded up to split evenly over the 8 test devices
+
+    predictions = model.predict(INPUTS, max_decode_length=10)
+    assert predictions == hf_greedy_texts(hf, INPUTS, 10)
+    beams = model.predict(
+        INPUTS[:2], method="beam", num_beams=3, num_decodes=3, max_decode_length=6
+    )
+    assert [len(b) for b in beams] == [3, 3]
+    scored = model.predict(INPUTS[:2], max_decode_length=6, with_scores=True)
+    assert set(scored[0][0]) == {"text", "score", "log_prob"}
+
+    targets = ["Hallo.", "nothing", "a summary", "x"]
+    np.testing.assert_allclose(
+        model.score(INPUTS, targets), hf_log_likelihood(hf, INPUTS, targets), atol=1e-4
+    )
+
+    labels = ["yes", "no", "maybe"]
+    chosen = model.classify(INPUTS, labels)
+    for text, label in zip(INPUTS, chosen, strict=True):
+        expected = hf_log_likelihood(hf, [text] * 3, labels)
+        assert label == labels[int(np.argmax(expected))]
+
+
+def test_one_string_is_a_clear_error(byte_checkpoint):  # noqa: F811
+    model = api.load(byte_checkpoint[0])
+    with pytest.raises(TypeError, match="got one string"):
+        model.predict("hello")

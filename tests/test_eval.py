@@ -1,0 +1,226 @@
+"""`t5pipe eval` end to end on the shared GLUE RTE / SQuAD data, with a random tiny checkpoint.
+
+The metrics it writes are recomputed from its predictions file twice: with the
+task's own metric functions, and with independent implementations (sklearn
+accuracy; the official SQuAD v1.1 answer normalisation, exact match and F1).
+"""
+
+import collections
+import json
+import os
+import re
+import string
+
+import jax
+import numpy as np
+import pytest
+import seqio
+from conftest import shared_data_dir, tiny_config
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+os.environ.setdefault("T5PIPE_GLUE_DIR", str(shared_data_dir() / "glue"))
+os.environ.setdefault("T5PIPE_SQUAD_DIR", str(shared_data_dir() / "squad"))
+os.environ.setdefault("T5PIPE_VOCAB", str(shared_data_dir() / "vocab" / "t5_spiece.model"))
+
+import t5pipe.tasks  # noqa: E402, F401
+from t5pipe import evaluate  # noqa: E402
+from t5pipe.checkpoints import save_checkpoint  # noqa: E402
+from t5pipe.model import init_params  # noqa: E402
+
+RTE_SQUAD = "test_eval_rte_and_squad"
+if RTE_SQUAD not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(
+        RTE_SQUAD, ["glue_rte_v002", "squad_v010_allanswers"], default_rate=1.0
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, spm_path):
+    """A random tiny T5.1.1 with the real T5 vocabulary."""
+    config = tiny_config(vocab_size=32128)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    params = init_params(config, jax.random.PRNGKey(0))
+    save_checkpoint(path, {"params": params}, config, seqio.SentencePieceVocabulary(spm_path))
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# Official SQuAD v1.1 evaluation rules, written independently of the task's metrics.
+def normalize_answer(text):
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction, gold):
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rte_label(text):
+    return {"entailment": 0, "not_entailment": 1}.get(text, -1)
+
+
+def test_eval_command_writes_metrics_that_recompute_from_predictions(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--task",
+        RTE_SQUAD,
+        "--output_dir",
+        str(out),
+        "--max_examples",
+        "12",
+        "--batch_size",
+        "8",
+    ]
+    assert evaluate.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"glue_rte_v002", "squad_v010_allanswers", "glue_average"}
+    assert list(out.glob("events.out.tfevents.*"))
+
+    rte = read_jsonl(out / "glue_rte_v002.predictions.jsonl")
+    assert len(rte) == 12 and all({"inputs", "targets", "prediction"} <= set(row) for row in rte)
+    assert rte[0]["inputs"].startswith("rte sentence1:")
+    task = seqio.get_mixture_or_task("glue_rte_v002")
+    targets = [row["targets_postprocessed"] for row in rte]
+    predictions = [row["prediction_postprocessed"] for row in rte]
+    assert metrics["glue_rte_v002"] == evaluate.compute_metrics(task, targets, predictions)
+    # Independently: labels from the raw texts, accuracy by sklearn (T5 reports percent).
+    gold = [rte_label(row["targets"]) for row in rte]
+    predicted = [rte_label(row["prediction"]) for row in rte]
+    assert gold == targets and predicted == predictions
+    assert metrics["glue_rte_v002"]["accuracy"] == pytest.approx(
+        100 * accuracy_score(gold, predicted)
+    )
+    assert metrics["glue_average"] == pytest.approx(metrics["glue_rte_v002"]["accuracy"])
+    assert (out / "glue_rte_v002.per_class.txt").exists()
+
+    squad = read_jsonl(out / "squad_v010_allanswers.predictions.jsonl")
+    assert len(squad) == 12
+    task = seqio.get_mixture_or_task("squad_v010_allanswers")
+    answers = [row["targets_postprocessed"] for row in squad]
+    predictions = [row["prediction_postprocessed"] for row in squad]
+    assert metrics["squad_v010_allanswers"] == evaluate.compute_metrics(task, answers, predictions)
+    em = np.mean(
+        [
+            max(normalize_answer(row["prediction"]) == normalize_answer(a) for a in row_answers)
+            for row, row_answers in zip(squad, answers, strict=True)
+        ]
+    )
+    f1 = np.mean(
+        [
+            max(squad_f1(row["prediction"], a) for a in row_answers)
+            for row, row_answers in zip(squad, answers, strict=True)
+        ]
+    )
+    assert metrics["squad_v010_allanswers"]["em"] == pytest.approx(100 * em)
+    assert metrics["squad_v010_allanswers"]["f1"] == pytest.approx(100 * f1)
+
+
+def test_rank_classification_eval_and_per_class_table(checkpoint, tmp_path, capsys):
+    out = tmp_path / "rank"
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--task",
+        "glue_rte_v002",
+        "--output_dir",
+        str(out),
+        "--max_examples",
+        "16",
+        "--batch_size",
+        "16",
+        "--gin.EvalOptions.rank_classification=True",
+    ]
+    assert evaluate.main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = read_jsonl(out / "glue_rte_v002.predictions.jsonl")
+    # Every prediction is one of the task's labels: no invalid outputs with ranking.
+    assert {row["prediction"] for row in rows} <= {"entailment", "not_entailment"}
+    gold = [rte_label(row["targets"]) for row in rows]
+    predicted = [rte_label(row["prediction"]) for row in rows]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["glue_rte_v002"]["accuracy"] == pytest.approx(
+        100 * accuracy_score(gold, predicted)
+    )
+    # The per-class table agrees with sklearn.
+    table = (out / "glue_rte_v002.per_class.txt").read_text().splitlines()
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, labels=[0, 1], zero_division=0
+    )
+    for label, line in zip([0, 1], table[1:], strict=True):
+        fields = line.split()
+        assert fields[0] == str(label)
+        np.testing.assert_allclose(
+            [float(x) for x in fields[-4:-1]],
+            [precision[label], recall[label], f1[label]],
+            atol=1e-4,
+        )
+        assert int(fields[-1]) == support[label]
+    assert "per-class precision / recall / F1" in printed
+
+
+def test_model_dir_latest_or_every_checkpoint(checkpoint, tmp_path, capsys, spm_path):
+    model_dir = tmp_path / "model"
+    config = tiny_config(vocab_size=32128)
+    vocabulary = seqio.SentencePieceVocabulary(spm_path)
+    for step, seed in ((100, 1), (200, 2)):
+        params = init_params(config, jax.random.PRNGKey(seed))
+        save_checkpoint(
+            model_dir / "checkpoints" / str(step), {"params": params}, config, vocabulary
+        )
+    common = [
+        "--model_dir",
+        str(model_dir),
+        "--task",
+        "glue_rte_v002",
+        "--max_examples",
+        "4",
+        "--batch_size",
+        "8",
+    ]
+    # The latest checkpoint, configured through the shipped gin file and its macros.
+    with_gin = [
+        "--gin_file=runs/eval.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.MIXTURE_OR_TASK_NAME='glue_rte_v002'",
+        "--gin.BATCH_SIZE=8",
+        "--max_examples=4",
+    ]
+    assert evaluate.main(with_gin) == 0
+    latest = model_dir / "eval"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(latest)
+    assert (latest / "metrics.json").exists() and not (latest / "step_100").exists()
+
+    every = tmp_path / "every"
+    assert evaluate.main([*common, "--all_checkpoints", "--output_dir", str(every)]) == 0
+    for step in (100, 200):
+        assert "glue_rte_v002" in json.loads((every / f"step_{step}" / "metrics.json").read_text())
+    assert list(every.glob("events.out.tfevents.*"))
+
+
+def test_errors_name_what_is_wrong(checkpoint, tmp_path, capsys):
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--task",
+        "no_such_task",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    assert evaluate.main(argv) == 2
+    assert "unknown task or mixture 'no_such_task'" in capsys.readouterr().err
+    argv = ["--checkpoint", str(tmp_path / "missing"), "--task", "glue_rte_v002"]
+    assert evaluate.main(argv) == 2
+    assert "is not a t5pipe checkpoint" in capsys.readouterr().err
