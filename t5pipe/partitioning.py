@@ -89,17 +89,41 @@ def create_mesh(
     and `dcn_mesh_shape` the shape across slices.
     """
     devices = list(devices if devices is not None else jax.devices())
+    return Mesh(device_grid(mesh_shape, dcn_mesh_shape, devices), MESH_AXES)
+
+
+def device_grid(
+    mesh_shape: Sequence[int], dcn_mesh_shape: Sequence[int] | None, devices: Sequence
+) -> np.ndarray:
+    """The devices arranged as the (data, fsdp, model) mesh: an array of shape
+    mesh_shape * dcn_mesh_shape (elementwise; -1 resolved per slice).
+
+    Multi-slice: slice s of the `dcn_mesh_shape` grid (devices' `slice_index`) fills
+    the block at its position, so an axis with dcn size > 1 crosses slices over DCN
+    and the others stay on each slice's fast interconnect.
+    """
+    if dcn_mesh_shape is not None and len(dcn_mesh_shape) != len(MESH_AXES):
+        raise ValueError(
+            f"create_mesh.dcn_mesh_shape={tuple(dcn_mesh_shape)} needs {len(MESH_AXES)} "
+            f"entries for axes {MESH_AXES}"
+        )
     num_slices = math.prod(dcn_mesh_shape) if dcn_mesh_shape else 1
+    if len(devices) % num_slices:
+        raise ValueError(
+            f"create_mesh.dcn_mesh_shape={tuple(dcn_mesh_shape)} asks for {num_slices} slices, "
+            f"which do not divide {len(devices)} devices"
+        )
     shape = _resolve_shape(mesh_shape, len(devices) // num_slices)
     if dcn_mesh_shape:
-        if len(dcn_mesh_shape) != len(MESH_AXES):
-            raise ValueError(f"create_mesh.dcn_mesh_shape needs {len(MESH_AXES)} entries")
-        grid = mesh_utils.create_hybrid_device_mesh(shape, dcn_mesh_shape, devices)
-    elif devices[0].platform in ("tpu", "gpu") and len(devices) > 1:
-        grid = mesh_utils.create_device_mesh(shape, devices)
-    else:
-        grid = np.asarray(devices).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+        if not hasattr(devices[0], "slice_index"):
+            raise ValueError(
+                f"create_mesh.dcn_mesh_shape={tuple(dcn_mesh_shape)} needs multi-slice devices "
+                f"(with a slice_index); {devices[0].platform} devices have none"
+            )
+        return mesh_utils.create_hybrid_device_mesh(shape, dcn_mesh_shape, devices)
+    if devices[0].platform in ("tpu", "gpu") and len(devices) > 1:
+        return mesh_utils.create_device_mesh(shape, devices)
+    return np.asarray(devices).reshape(shape)
 
 
 def _resolve_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -191,6 +215,37 @@ def _spec_for_derived(shape, param_shape, param_spec: PartitionSpec) -> Partitio
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """Sharding of host batches [batch, length]: the batch split like activations' `batch`."""
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
+
+
+def process_batch_rows(
+    sharding: jax.sharding.Sharding, batch_size: int, process_index: int | None = None
+) -> tuple[int, int]:
+    """Rows [start, stop) of a global batch [batch_size, ...] that a process's devices hold.
+
+    Where the mesh puts a process's devices decides which rows it must load; processes
+    that hold the same rows (the batch replicated over a `model` axis that spans hosts)
+    must load the same data.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    rows: set[int] = set()
+    for device, index in sharding.devices_indices_map((batch_size, 1)).items():
+        if device.process_index == process_index:
+            rows.update(range(*index[0].indices(batch_size)))
+    if not rows:
+        raise ValueError(f"process {process_index} holds no device of the batch sharding")
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError(
+            f"process {process_index} holds rows {sorted(rows)} of the batch, not one block; "
+            "order the mesh's devices by process (create_mesh does)"
+        )
+    return start, stop
+
+
+def num_batch_blocks(sharding: jax.sharding.Sharding, batch_size: int) -> int:
+    """How many distinct row blocks the processes hold: the default number of input shards."""
+    processes = {device.process_index for device in sharding.device_set}
+    return len({process_batch_rows(sharding, batch_size, p) for p in processes})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

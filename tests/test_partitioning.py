@@ -115,3 +115,93 @@ def test_model_info_lists_partition_specs():
     assert "logical=('embed', 'heads', 'kv')" in line and "mesh=('fsdp', 'model', None)" in line
     assert f"total parameters: {sum(x.size for x in jax.tree.leaves(params)):,}" in info
     assert jnp.dtype(params["encoder"]["encoder_norm"]["scale"].dtype) == jnp.float32
+
+
+class FakeTpuDevice:
+    """What create_hybrid_device_mesh reads of a multi-slice TPU device (CPUs have no
+    slice_index). `device_kind` is unknown to mesh_utils' topology handlers, so each
+    slice is laid out in device order."""
+
+    platform = "fake_tpu"
+    device_kind = "fake multi-slice device"
+
+    def __init__(self, id, slice_index):
+        self.id, self.slice_index, self.process_index = id, slice_index, id // 2
+
+    def __repr__(self):
+        return f"dev{self.id}/slice{self.slice_index}"
+
+
+def test_dcn_mesh_shape_puts_slices_along_the_dcn_axis():
+    devices = [FakeTpuDevice(i, slice_index=i // 4) for i in range(8)]  # 2 slices x 4
+    grid = partitioning.device_grid((-1, 1, 2), (2, 1, 1), devices)
+    assert grid.shape == (4, 1, 2)  # data 2 per slice x 2 slices, model 2 within a slice
+    slices = np.vectorize(lambda d: d.slice_index)(grid)
+    np.testing.assert_array_equal(slices[:, 0, 0], [0, 0, 1, 1])
+    assert all(len(set(slices[i, 0, :])) == 1 for i in range(4))  # model stays on one slice
+    assert sorted(d.id for d in grid.flat) == list(range(8))
+
+    # fsdp across slices instead: data 4 within a slice, fsdp 2 over DCN.
+    grid = partitioning.device_grid((4, 1, 1), (1, 2, 1), devices)
+    assert grid.shape == (4, 2, 1)
+    np.testing.assert_array_equal(np.vectorize(lambda d: d.slice_index)(grid)[0, :, 0], [0, 1])
+
+
+def test_dcn_mesh_shape_errors():
+    devices = [FakeTpuDevice(i, slice_index=i // 4) for i in range(8)]
+    with pytest.raises(ValueError, match=r"dcn_mesh_shape=\(2, 1\) needs 3 entries"):
+        partitioning.device_grid((-1, 1, 1), (2, 1), devices)
+    with pytest.raises(ValueError, match="asks for 3 slices, which do not divide 8 devices"):
+        partitioning.device_grid((-1, 1, 1), (3, 1, 1), devices)
+    with pytest.raises(ValueError, match=r"mesh_shape=\(8, 1, 1\) holds 8 devices, but 4"):
+        partitioning.device_grid((8, 1, 1), (2, 1, 1), devices)
+    with pytest.raises(ValueError, match="Number of slices 2 must equal"):
+        partitioning.device_grid((-1, 1, 1), (4, 1, 1), devices)
+    with pytest.raises(ValueError, match="needs multi-slice devices.*cpu devices have none"):
+        partitioning.create_mesh((-1, 1, 1), dcn_mesh_shape=(2, 1, 1))
+
+
+def test_optimizer_state_specs_follow_their_parameters():
+    from jax.sharding import PartitionSpec as P
+
+    from t5pipe import optimizers, peft
+
+    config = tiny_config()
+    shapes, specs = abstract_params(config)
+    adamw = optimizers.adamw(1e-3)
+    # AdamW behind PEFT's freeze: frozen parameters carry no state at all.
+    tx = peft.freeze_except(adamw, shapes, "mlp")
+    state = jax.eval_shape(tx.init, shapes)
+    state_specs = partitioning.state_logical_specs(state, shapes, specs)
+    by_path = {
+        jax.tree_util.keystr(path): spec
+        for path, spec in jax.tree_util.tree_flatten_with_path(
+            state_specs, is_leaf=lambda x: isinstance(x, P)
+        )[0]
+    }
+    mu = [k for k in by_path if k.endswith("['decoder']['layers_1']['mlp']['wi_0']")]
+    assert mu and all(by_path[k] == P("embed", "mlp") for k in mu)  # mu and nu
+    assert not any("attention" in k for k in by_path)  # frozen: no state
+    counts = [k for k in by_path if k.endswith(".count")]
+    assert counts and all(by_path[k] == P() for k in counts)
+    # Factored Adafactor on [embed 32, heads 4, kv 8] (min dim 4): rows drop `embed`...
+    factored = jax.eval_shape(optimizers.adafactor(1e-3, min_dim_size_to_factor=4).init, shapes)
+    factored_specs = partitioning.state_logical_specs(factored, shapes, specs)
+    stats = next(
+        s
+        for s in jax.tree.leaves(factored_specs, is_leaf=lambda s: hasattr(s, "v_row"))
+        if hasattr(s, "v_row")
+    )
+    query = stats.v_row["encoder"]["layers_0"]["attention"]["query"]
+    assert query == P("heads", "kv")  # d0 = embed (largest) removed from the row statistics
+    assert stats.v_col["encoder"]["layers_0"]["attention"]["query"] == P("embed", "heads")
+    # A square kernel leaves the dropped axis ambiguous: replicated, never mis-sharded.
+    square = {"w": jax.ShapeDtypeStruct((16, 16), np.float32)}
+    square_state = jax.eval_shape(optimizers.adafactor(1e-3, min_dim_size_to_factor=4).init, square)
+    square_specs = partitioning.state_logical_specs(square_state, square, {"w": P("embed", "mlp")})
+    square_stats = next(
+        s
+        for s in jax.tree.leaves(square_specs, is_leaf=lambda s: hasattr(s, "v_row"))
+        if hasattr(s, "v_row")
+    )
+    assert square_stats.v_row["w"] == P() and square_stats.v_col["w"] == P()
