@@ -1,0 +1,1 @@
+"""Throughput / MFU / decode-speed / data-speed harness: `python -m benchmarks.run --help`."""
