@@ -1,10 +1,10 @@
 """Every shipped model gin file builds a config whose shapes match the published checkpoints."""
 
+import gin
 import jax
 import numpy as np
 import pytest
 
-import gin
 from t5pipe import gin_setup
 from t5pipe.model import abstract_params
 from t5pipe.model_config import T5Config
