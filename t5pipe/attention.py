@@ -30,6 +30,7 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     implementation: str = "xla",
+    kv_heads_major: bool = False,
 ) -> jax.Array:
     """Unscaled multi-head attention with an additive bias.
 
@@ -43,11 +44,16 @@ def dot_product_attention(
         `dropout_rng` when > 0.
       implementation: "xla" (einsum + float32 softmax) or "cudnn" (fused kernel,
         GPU only, no attention dropout).
+      kv_heads_major: key and value come as [batch, heads, kv_length, kv] (the
+        decoding cache's layout) instead.
 
     Returns:
       [batch, q_length, heads, kv] in the query's dtype.
     """
+    kv = "bhkd" if kv_heads_major else "bkhd"
     if implementation == "cudnn":
+        if kv_heads_major:
+            key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
         if dropout_rate > 0.0 and dropout_rng is not None:
             raise ValueError("attention_impl='cudnn' does not support attention dropout")
         return jax.nn.dot_product_attention(
@@ -56,9 +62,9 @@ def dot_product_attention(
     if implementation != "xla":
         raise ValueError(f"unknown attention implementation {implementation!r}")
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+    return jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(value.dtype), value)

@@ -107,9 +107,9 @@ def _init_cache(model: T5, params, encoded, encoder_segment_ids, max_length: int
     """The decoder cache for rows of `encoded` [batch, enc_length, embed], split in two
     flat dicts {path tuple: array}:
 
-        fixed:   cross-attention keys/values [batch, enc_length, heads, kv], the same
+        fixed:   cross-attention keys/values [batch, heads, enc_length, kv], the same
                  for the whole decode (and for every beam of an input);
-        growing: self-attention keys/values [batch, max_length, heads, kv] (zeros) and
+        growing: self-attention keys/values [batch, heads, max_length, kv] (zeros) and
                  the decode position (0).
 
     Only `growing` is carried through the loop and reordered between beams; `fixed`, the

@@ -496,11 +496,7 @@ def _parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str]) -> int:
     args, dot_bindings = _parse_flags(argv)
     distributed.initialize(args)
-    gin_setup.register_configurables()
-    import t5pipe.tasks  # noqa: F401  (registers the built-in tasks)
-
-    gin.clear_config()  # each command starts from its own flags only
-    gin_setup.parse_gin(args, dot_bindings)
+    gin_setup.parse_command_gin(args, dot_bindings)
     overrides = {
         "checkpoint_path": args.checkpoint,
         "model_dir": args.model_dir,

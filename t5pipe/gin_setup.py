@@ -126,6 +126,16 @@ def parse_gin(args: argparse.Namespace, dot_bindings: Sequence[str] = ()) -> Non
         raise explain_gin_error(error) from error
 
 
+def parse_command_gin(args: argparse.Namespace, dot_bindings: Sequence[str] = ()) -> None:
+    """Gin as a command sees it: its configurables and every registered task known, and
+    only its own flags bound (a clean slate, also when commands run in one process)."""
+    import t5pipe.tasks  # noqa: F401  (registers the built-in tasks; gin files name them)
+
+    gin.clear_config()
+    register_configurables()
+    parse_gin(args, dot_bindings)
+
+
 def explain_gin_error(error: Exception) -> UserInputError:
     """Turns gin's parse/bind errors into one message with the location and a suggestion."""
     if isinstance(error, SyntaxError):

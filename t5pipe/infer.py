@@ -175,11 +175,7 @@ def main(argv: list[str]) -> int:
     rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     args = parser.parse_args(rest)
     distributed.initialize(args)
-    gin_setup.register_configurables()
-    import t5pipe.tasks  # noqa: F401  (registers the built-in tasks)
-
-    gin.clear_config()  # each command starts from its own flags only
-    gin_setup.parse_gin(args, dot_bindings)
+    gin_setup.parse_command_gin(args, dot_bindings)
     overrides = {
         "checkpoint_path": args.checkpoint,
         "input_file": args.input_file,

@@ -147,6 +147,11 @@ class RelativePositionBias(nn.Module):
         return jnp.take(table, buckets, axis=1)[None]
 
 
+def _heads_major(x: jax.Array) -> jax.Array:
+    """[batch, length, heads, kv] -> [batch, heads, length, kv]."""
+    return jnp.swapaxes(x, 1, 2)
+
+
 class MultiHeadAttention(nn.Module):
     """Projections around `dot_product_attention`, with a key/value cache for decoding.
 
@@ -181,32 +186,41 @@ class MultiHeadAttention(nn.Module):
         # Mesh TF's initialisation folds the missing 1/sqrt(d_kv) into the query.
         query = project("query", inputs_q, (cfg.d_model * kv) ** -0.5)
 
+        # The decoding cache holds keys/values heads-major, [batch, heads, length, kv]:
+        # the layout the per-step attention matmuls read as is. Stored [batch, length,
+        # heads, kv], every layer's cache was transposed again at every step, which cost
+        # more than the step's matmuls at small batch sizes.
+        kv_heads_major = False
         if decode and self.is_cross_attention:
             # `project` must run on every call so the parameters exist; only the
             # cache-creating call pays for it on the real encoder output.
             has_cache = self.has_variable("cache", "cached_key")
             key = project("key", inputs_kv, cfg.d_model**-0.5)
             value = project("value", inputs_kv, cfg.d_model**-0.5)
-            cached_key = self.variable("cache", "cached_key", lambda: key)
-            cached_value = self.variable("cache", "cached_value", lambda: value)
+            cached_key = self.variable("cache", "cached_key", _heads_major, key)
+            cached_value = self.variable("cache", "cached_value", _heads_major, value)
             if has_cache:
                 key, value = cached_key.value, cached_value.value
+                kv_heads_major = True
         else:
             key = project("key", inputs_kv, cfg.d_model**-0.5)
             value = project("value", inputs_kv, cfg.d_model**-0.5)
             if decode:
                 has_cache = self.has_variable("cache", "cached_key")
-                cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-                cached_value = self.variable(
-                    "cache", "cached_value", jnp.zeros, value.shape, value.dtype
-                )
+                batch, length = key.shape[:2]
+                shape = (batch, heads, length, kv)
+                cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+                cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, key.dtype)
                 if has_cache:
                     # One new position: write it at `decode_position`, attend to the whole cache
                     # (the caller's bias masks positions not yet written).
-                    start = (0, decode_position, 0, 0)
-                    key = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-                    value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+                    start = (0, 0, decode_position, 0)
+                    key = jax.lax.dynamic_update_slice(cached_key.value, _heads_major(key), start)
+                    value = jax.lax.dynamic_update_slice(
+                        cached_value.value, _heads_major(value), start
+                    )
                     cached_key.value, cached_value.value = key, value
+                    kv_heads_major = True
 
         dropout_rng = None
         if not deterministic and cfg.dropout_rate > 0.0:
@@ -219,6 +233,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rate=0.0 if deterministic else cfg.dropout_rate,
             dropout_rng=dropout_rng,
             implementation=cfg.attention_impl,
+            kv_heads_major=kv_heads_major,
         )
         out_kernel = _param(
             self, "out", (heads * kv) ** -0.5, (heads, kv, cfg.d_model), ("heads", "kv", "embed")

@@ -202,10 +202,8 @@ def _teacher_forced_eval(eval_fn, params, batches_by_task, sharding) -> dict[str
 def _decoding_eval(
     params, config, vocabulary, task_name, lengths, batch_size, mesh, rules, max_examples
 ) -> dict[str, float]:
-    """Decoding + the task's metrics via t5pipe.evaluate, when that module exists."""
-    if importlib.util.find_spec("t5pipe.evaluate") is None:
-        return {}
-    from t5pipe import evaluate
+    """Decoding + the task's metrics (t5pipe.evaluate, as `t5pipe eval` runs them)."""
+    from t5pipe import evaluate  # imports the decoding stack only when evaluating
 
     result = evaluate.run_evaluation(
         params,
@@ -616,10 +614,7 @@ def configure(argv: list[str]) -> None:
     from t5pipe import gin_setup, optimizers  # noqa: F401  (gin configurables)
 
     args, dot_bindings = _parse_flags(argv)
-    gin.clear_config()
-    gin_setup.register_configurables()
-    importlib.import_module("t5pipe.tasks")
-    gin_setup.parse_gin(args, dot_bindings)
+    gin_setup.parse_command_gin(args, dot_bindings)
 
 
 def _quiet_libraries() -> None:
@@ -663,6 +658,11 @@ def _print_final(summary: dict[str, Any]) -> None:
     if jax.process_index() != 0:
         return
     print(f"finished at step {summary['step']}; checkpoint {summary['checkpoint']}")
+    teacher_forced = ("teacher_forced_loss", "teacher_forced_token_accuracy")
+    for name, value in summary["eval"].items():
+        task, metric = name.rsplit("/", 1)
+        if metric not in teacher_forced and metric != "teacher_forced_exact_match":
+            print(f"held-out {task} validation {metric} (decoded): {value:.4g}")
     for name, value in summary["eval"].items():
         task, metric = name.rsplit("/", 1)
         if metric == "teacher_forced_exact_match":
