@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _hide_gpus_from_tensorflow() -> None:
     """TensorFlow (under seqio) would otherwise grab all GPU memory before JAX."""
+    # TF's C++ INFO/WARNING lines (CPU instruction sets, CUDA stubs) are noise for
+    # t5pipe's users; its errors still show. Users may set the variable themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
 
