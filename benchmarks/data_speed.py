@@ -76,16 +76,17 @@ def measure_pipeline(
 ) -> dict:
     """Times `batches` packed batches after the first (which pays for setup: reading files,
     loading the vocabulary, building the tf.data graph)."""
-    from t5pipe.input_pipeline import train_batches
+    from t5pipe.input_pipeline import DataConfig, train_batches
 
-    start = time.perf_counter()
-    iterator = train_batches(
+    data = DataConfig(
         mixture_or_task_name,
         {"inputs": input_length, "targets": target_length},
-        batch_size,
+        batch_size=batch_size,
         pack=True,
         seed=0,
     )
+    start = time.perf_counter()
+    iterator = train_batches(data)
     first = next(iterator)
     setup_s = time.perf_counter() - start
     times, real_targets, packed_examples = [], 0, 0

@@ -1,6 +1,6 @@
 """The same work in Hugging Face transformers (PyTorch, float32 on CPU), for the ratios.
 
-The PyTorch model gets t5pipe's parameters (through `t5pipe.hf_mapping`), so both
+The PyTorch model gets t5pipe's parameters (through `t5pipe.hf.t5`), so both
 sides run the same network on the same batches:
 
 - training step: forward with `labels` (HF shifts them right itself), backward,
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from benchmarks.measure import peak_host_memory_bytes, summarize
-from t5pipe import hf_mapping
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.model_config import T5Config
 
 # HF ties these to `shared`; t5pipe's mapping names only `shared.weight`.

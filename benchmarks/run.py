@@ -132,19 +132,10 @@ def config_overrides(entries: list[str]) -> dict:
 
 def load_model_config(model: str, overrides: dict):
     """T5Config from gin/models/t5_1_1/<model>.gin (or the gin file `model`), plus overrides."""
-    import gin
-
-    from t5pipe.gin_setup import gin_configs_dir, register_configurables
-    from t5pipe.model_config import T5Config
+    from t5pipe.gin_setup import model_config_from_gin
 
     path = model if model.endswith(".gin") else f"models/t5_1_1/{model}.gin"
-    gin.clear_config()
-    register_configurables()
-    gin.add_config_file_search_path(gin_configs_dir())
-    gin.parse_config_file(path)
-    config = T5Config()
-    gin.clear_config()
-    return config.replace(**overrides)
+    return model_config_from_gin([path]).replace(**overrides)
 
 
 def environment() -> dict:

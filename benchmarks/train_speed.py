@@ -1,7 +1,7 @@
 """Training-step speed of t5pipe: the real `train_step`, jitted as the trainer does.
 
 Parameters and optimizer state are placed as `t5pipe.train` places them
-(`train.state_shardings`: logical-axis rules on a mesh over every current device);
+(`train_state.state_layout`: logical-axis rules on a mesh over every current device);
 the state is donated; host batches go through `input_pipeline.to_global` each step,
 as in training. The step must compile
 exactly once (a recompilation between steps is a bug: it would cost a compile per
@@ -26,7 +26,7 @@ from benchmarks.measure import (
     peak_host_memory_bytes,
     summarize,
 )
-from t5pipe import flops, input_pipeline, optimizers, partitioning, train
+from t5pipe import flops, input_pipeline, optimizers, partitioning, train_state
 from t5pipe.model import T5, abstract_params, init_params
 from t5pipe.model_config import T5Config
 from t5pipe.train_step import init_train_state, train_step
@@ -110,10 +110,8 @@ def measure_train_step(
     host_batches = [
         random_batch(config, batch_size, input_length, target_length, seed) for seed in range(4)
     ]
-    _, param_specs = abstract_params(config)
-    abstract_state = jax.eval_shape(lambda p: init_train_state(p, optimizer, seed=0), params)
     # The trainer's placement: optimizer leaves shaped like a parameter follow it.
-    state_shardings = train.state_shardings(abstract_state, param_specs, mesh, rules)
+    state_shardings = train_state.state_layout(config, optimizer, 0, mesh, rules).shardings
     with partitioning.activation_rules(mesh, rules):
         state = jax.jit(
             lambda p: init_train_state(p, optimizer, seed=0), out_shardings=state_shardings

@@ -22,8 +22,7 @@ from jax.sharding import Mesh
 
 from t5pipe import partitioning
 from t5pipe.decoding import DecodingOptions
-from t5pipe.evaluate import batch_multiple, load_for_inference
-from t5pipe.infer import predict_texts
+from t5pipe.inference import load_for_inference, predict_texts
 from t5pipe.model_config import T5Config
 from t5pipe.scoring import rank_classification, score_texts
 
@@ -99,6 +98,8 @@ def load(
     mesh = partitioning.create_mesh(mesh_shape)
     axis_rules = partitioning.logical_axis_rules(rules)
     params, config, vocabulary = load_for_inference(Path(checkpoint_path), mesh, axis_rules)
-    multiple = batch_multiple(mesh, axis_rules)  # batches split evenly over the devices
-    batch_size = -(-batch_size // multiple) * multiple
+    # Batches split evenly over the devices.
+    batch_size = partitioning.round_up(
+        batch_size, partitioning.data_parallel_size(mesh, axis_rules)
+    )
     return LoadedModel(params, config, vocabulary, mesh, axis_rules, batch_size, max_input_length)

@@ -1,7 +1,11 @@
-"""`t5pipe <command> [flags]`: dispatch to the command modules.
+"""`t5pipe <command> [flags]`: dispatch to `t5pipe.commands.<command>`, and the one place
+that turns errors into messages and exit codes.
 
-Each command module exposes `main(argv: list[str]) -> int` and parses its own
-flags; commands import lazily so `t5pipe --help` stays fast.
+Each command module exposes `main(argv: list[str]) -> int` and parses its own flags;
+commands import lazily so `t5pipe --help` stays fast. Exit codes (t5pipe.errors):
+0 finished, 1 failure while running, 2 bad command line / configuration / data,
+65 stopped on a non-finite loss, 75 preempted (a checkpoint was saved; rerun).
+Set T5PIPE_DEBUG=1 to get the traceback of any error.
 """
 
 from __future__ import annotations
@@ -10,22 +14,21 @@ import importlib
 import os
 import sys
 
-from t5pipe.errors import EXIT_BAD_INPUT, UserInputError
-from t5pipe.gin_setup import explain_undefined_macro
+from t5pipe.errors import EXIT_BAD_INPUT, T5pipeError, UserInputError, clean_message
 
 COMMANDS = {
-    "train": ("t5pipe.train", "train or fine-tune a model (gin-configured)"),
-    "eval": ("t5pipe.evaluate", "evaluate a checkpoint on a task or mixture"),
-    "infer": ("t5pipe.infer", "decode inputs from a task split or a text file"),
-    "convert": ("t5pipe.convert", "import from / export to Hugging Face"),
-    "tasks": ("t5pipe.task_browser", "list registered tasks, show examples"),
+    "train": "train or fine-tune a model (gin-configured)",
+    "eval": "evaluate a checkpoint on a task or mixture",
+    "infer": "decode inputs from a task split or a text file",
+    "convert": "import from / export to Hugging Face",
+    "tasks": "list registered tasks, show examples",
 }
 
 USAGE = (
     "usage: t5pipe {"
     + ",".join(COMMANDS)
     + "} [flags]   (t5pipe COMMAND --help)\n\n"
-    + "\n".join(f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items())
+    + "\n".join(f"  {name:<8} {doc}" for name, doc in COMMANDS.items())
 )
 
 
@@ -33,25 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0 if argv else EXIT_BAD_INPUT
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"t5pipe: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     _hide_gpus_from_tensorflow()
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(f"t5pipe.commands.{command}")
     try:
         return module.main(rest) or 0
-    except (UserInputError, TypeError) as error:
-        if isinstance(error, TypeError):
-            explained = explain_undefined_macro(error)
-            if explained is None:
-                raise
-            error = explained
+    except T5pipeError as error:
         if os.environ.get("T5PIPE_DEBUG"):
             raise
-        print(f"t5pipe {command}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        if isinstance(error, UserInputError):
+            print(f"t5pipe {command}: error: {clean_message(error)}", file=sys.stderr, flush=True)
+        else:
+            print(
+                f"t5pipe {command}: {clean_message(error)} (exit code {error.exit_code})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return error.exit_code
 
 
 def _hide_gpus_from_tensorflow() -> None:

@@ -1,21 +1,76 @@
-"""The one exception type for mistakes in what the user gave us.
+"""The exceptions that end a command, and the exit code each one means.
 
-Commands raise `UserInputError` with a message that says what was wrong, where
-(file:line, task name, parameter path) and what to do; `t5pipe.cli` prints it
-as one paragraph without a traceback (set T5PIPE_DEBUG=1 to see one).
+    UserInputError  2   what the user gave us is wrong: one paragraph saying what, where
+                        (file:line, task name, parameter path) and what to do
+    NonFiniteLoss   65  `t5pipe train` stopped on a NaN/Inf loss or gradient
+    Preempted       75  `t5pipe train` saved a checkpoint on SIGTERM; rerun to resume
+
+`t5pipe.cli` is the one place that turns them into messages and exit codes; library
+code raises them and never exits. gin re-raises exceptions from inside configurables
+with its call site appended to `str(error)` ("In call to configurable ..."); the
+`message` attribute keeps the text without it, and `clean_message` strips it from any
+exception.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-# Exit code of a command stopped by bad input (argparse uses 2 for bad flags too).
-EXIT_BAD_INPUT = 2
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2  # argparse uses 2 for bad flags too
+EXIT_NONFINITE = 65
+EXIT_PREEMPTED = 75
+
+_GIN_TRAILER = re.compile(r"\s*In call to configurable '[^']*' \(.*?\)\s*$", re.DOTALL)
 
 
-class UserInputError(Exception):
+class T5pipeError(Exception):
+    """An error with a message meant for the user and the exit code it ends a command with."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class UserInputError(T5pipeError):
     """Bad input: a clear, actionable message; no traceback by default."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class NonFiniteLoss(T5pipeError):
+    """The loss or gradient norm was NaN/Inf and `train.on_nonfinite` is 'stop'."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class Preempted(T5pipeError):
+    """SIGTERM arrived; the state at `step` was saved to `path`."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, step: int, path):
+        super().__init__(
+            f"preempted at step {step}: saved checkpoint {path}; rerun the same command to resume"
+        )
+        self.step, self.path = step, path
+
+
+def clean_message(error: BaseException) -> str:
+    """The error's text for a user: its `message`, without gin's call-site trailer."""
+    text = getattr(error, "message", None) or str(error)
+    return _GIN_TRAILER.sub("", str(text)).strip()
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors can be long), or its type."""
+    text = clean_message(error)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> str:

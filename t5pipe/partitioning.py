@@ -25,6 +25,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from t5pipe.pytrees import leaf_name
+
 MESH_AXES = ("data", "fsdp", "model")
 
 # The batch is split over every data-like axis; a logical axis may fall back to a
@@ -217,6 +219,53 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
 
 
+def batch_mesh_axes(rules) -> tuple[str, ...]:
+    """The mesh axes the logical `batch` axis is split over."""
+    axes = nn.logical_to_mesh_axes(("batch",), rules)[0] or ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def data_parallel_size(mesh: Mesh | None, rules) -> int:
+    """How many ways a batch is split: every batch must be a multiple of this."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[axis] for axis in batch_mesh_axes(rules))
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= value (batches padded to split evenly)."""
+    return -(-value // multiple) * multiple
+
+
+def check_batch_layout(batch_size: int, num_microbatches: int, mesh: Mesh, rules) -> None:
+    """BATCH_SIZE splits evenly over processes, data-parallel devices and microbatches."""
+    from t5pipe.errors import UserInputError
+
+    axes = ", ".join(batch_mesh_axes(rules))
+    for divisor, what in (
+        (jax.process_count(), "the number of processes"),
+        (data_parallel_size(mesh, rules), f"the data-parallel devices (mesh axes {axes})"),
+        (num_microbatches, "train.num_microbatches"),
+    ):
+        if batch_size % divisor:
+            lower = batch_size - batch_size % divisor
+            raise UserInputError(
+                f"BATCH_SIZE={batch_size} does not divide evenly over {what} ({divisor}); "
+                f"use a multiple of {divisor}, e.g. --gin.BATCH_SIZE={max(lower, divisor)}"
+            )
+
+
+def sharded_abstract(shapes, logical_specs, mesh: Mesh, rules):
+    """ShapeDtypeStructs carrying the shardings the logical specs give on `mesh`: the
+    target that orbax restores into and that `jax.jit` out_shardings follow."""
+    shardings = logical_to_sharding(logical_specs, mesh, rules)
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        shapes,
+        shardings,
+    )
+
+
 def process_batch_rows(
     sharding: jax.sharding.Sharding, batch_size: int, process_index: int | None = None
 ) -> tuple[int, int]:
@@ -269,7 +318,7 @@ def describe_params(params, logical_specs, mesh: Mesh, rules) -> str:
     flat_specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
     total = 0
     for (path, leaf), spec in zip(flat_params, flat_specs, strict=True):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = leaf_name(path)
         mesh_spec = nn.logical_to_mesh_axes(spec, rules)
         total += int(np.prod(leaf.shape))
         lines.append(

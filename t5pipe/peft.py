@@ -20,25 +20,23 @@ import jax
 import numpy as np
 import optax
 
-from t5pipe.checkpoints import resolve_path
+from t5pipe.checkpoint_format import resolve_path
+from t5pipe.errors import UserInputError
+from t5pipe.pytrees import leaf_name
 
 TRAIN, FREEZE = "train", "freeze"
 PROMPT_FILE = "prompt.npy"
-
-
-def param_path(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def trainable_labels(params: Any, trainable: str) -> Any:
     """A pytree like `params` of TRAIN/FREEZE labels; raises if nothing matches."""
     pattern = re.compile(trainable)
     labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: TRAIN if pattern.search(param_path(path)) else FREEZE, params
+        lambda path, _: TRAIN if pattern.search(leaf_name(path)) else FREEZE, params
     )
     if TRAIN not in jax.tree.leaves(labels):
-        names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        raise ValueError(
+        names = [leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise UserInputError(
             f"train.trainable_params={trainable!r} matches no parameter; parameter paths look "
             f"like {names[:5]} (see model-info.txt in MODEL_DIR for all of them)"
         )
@@ -80,10 +78,10 @@ def load_prompt(path: str | Path) -> np.ndarray:
 def merge_prompt(params: Any, prompt: np.ndarray) -> Any:
     """`params` (of a model with the same prompt_length) with `prompt` swapped in."""
     if "prompt" not in params:
-        raise ValueError("the model has no soft prompt (set T5Config.prompt_length > 0)")
+        raise UserInputError("the model has no soft prompt (set T5Config.prompt_length > 0)")
     expected = tuple(params["prompt"].shape)
     if tuple(prompt.shape) != expected:
-        raise ValueError(
+        raise UserInputError(
             f"soft prompt of shape {tuple(prompt.shape)} does not fit the model's {expected} "
             "([prompt_length, d_model]); check T5Config.prompt_length and d_model"
         )

@@ -1,50 +1,47 @@
-"""`t5pipe train`: pretrain or fine-tune T5 on a seqio task or mixture, configured by gin.
+"""The training loop: pretrain or fine-tune on a seqio task or mixture.
 
-    t5pipe train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=/tmp/t5pipe_quickstart
-
-The loop: restore the latest checkpoint in MODEL_DIR (else initialise, from
-INITIAL_CHECKPOINT_PATH if set), then repeat `jit(train_step)` on global batches;
-log every STATS_PERIOD steps, evaluate every EVAL_PERIOD steps, save every
+`train` checks what it was given (task, lengths, vocabulary, batch layout, the
+checkpoint it starts from, a first look at the data) before it writes anything into
+MODEL_DIR; then it restores the latest checkpoint there (else initialises, from
+INITIAL_CHECKPOINT_PATH when set) and repeats `jit(train_step)` on global batches:
+log every `stats_period` steps, evaluate every EVAL_PERIOD steps, save every
 CHECKPOINT_PERIOD steps (asynchronously) and at the end.
 
-Exit codes (`main`):
-    0   finished (TRAIN_STEPS reached, or stopped early on the eval metric)
-    1   error
-    2   bad command line or configuration
-    65  stopped on a non-finite loss (train.on_nonfinite = 'stop')
-    75  preempted (SIGTERM): a checkpoint was saved at the current step; rerun the
-        same command to resume
+SIGTERM saves at the step it arrives and raises `Preempted`; a NaN/Inf loss, gradient
+or update raises `NonFiniteLoss` (or is skipped with on_nonfinite='skip'); the update
+of such a step is never applied.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import importlib
-import logging
-import math
 import signal
-import sys
-import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
+import seqio
 
-from t5pipe import checkpointing, flops, input_pipeline, partitioning, peft, train_logging
-from t5pipe.checkpoints import make_meta, resolve_path
+from t5pipe import (
+    checkpoint_manager,
+    input_pipeline,
+    partitioning,
+    peft,
+    train_logging,
+    train_state,
+    vocabularies,
+)
+from t5pipe.checkpoint_format import make_meta, resolve_path
+from t5pipe.checkpoint_manager import CheckpointConfig
+from t5pipe.errors import NonFiniteLoss, Preempted, UserInputError
+from t5pipe.input_pipeline import DataConfig
 from t5pipe.model import T5, abstract_params
 from t5pipe.model_config import T5Config
-from t5pipe.train_step import eval_step, init_train_state, train_step
+from t5pipe.train_eval import EvalConfig, TrainEvaluator
+from t5pipe.train_step import OptimizationConfig, train_step
 
-log = logging.getLogger("t5pipe.train")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 0, 1, 2, 65, 75
 MODEL_FEATURES = (
     "encoder_input_tokens",
     "decoder_input_tokens",
@@ -55,46 +52,221 @@ MODEL_FEATURES = (
 )
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm was NaN/Inf and train.on_nonfinite = 'stop'."""
+@gin.configurable
+def train(
+    *,
+    model_dir: str,
+    train_steps: int,
+    model: T5Config,
+    data: DataConfig,
+    optimization: OptimizationConfig,
+    checkpoint: CheckpointConfig,
+    evaluation: EvalConfig,
+    vocabulary: seqio.Vocabulary | None = None,
+    seed: int = 0,
+    stats_period: int = 100,
+    peak_flops_per_device: float | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Trains `model` to step `train_steps` (TRAIN_STEPS) into `model_dir` (MODEL_DIR).
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message  # gin appends its call site to str(error); this stays clean
+    `vocabulary`: what checkpoints record (default: the task's targets vocabulary);
+    `seed` (RANDOM_SEED): parameter init and dropout; `stats_period` (STATS_PERIOD).
+    Returns {"step", "eval" (last eval metrics), "stopped", "train_step_compilations",
+    "checkpoint", "state"}; with `dry_run`, only checks (the data's first examples read
+    too) and returns {"start": how the run would start, "step": None}, writing nothing.
+    """
+    for name, value in (("TRAIN_STEPS", train_steps), ("STATS_PERIOD", stats_period)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserInputError(f"{name}={value!r}: expected a whole number >= 1")
+    model_dir = resolve_path(model_dir)  # gs://... stays remote
+    train_logging.check_writable(model_dir)
+    task = input_pipeline.check_task(data)
+    mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
+    partitioning.check_batch_layout(data.batch_size, optimization.num_microbatches, mesh, rules)
+    vocabulary = _checked_vocabulary(task, vocabulary, model)
+    trainable = optimization.trainable_params
+    if model.prompt_length > 0 and trainable is None:
+        trainable = "^prompt$"  # prompt tuning: only the soft prompt learns
+    tx = peft.freeze_except(optimization.make_optimizer(), abstract_params(model)[0], trainable)
+    layout = train_state.state_layout(model, tx, seed, mesh, rules)
+    start = train_state.plan_start(model_dir, checkpoint, model)
+    input_pipeline.check_first_examples(task, data, count_truncation=start.kind != "resume")
+    if dry_run:
+        return {"start": start, "step": None}
 
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived; the state at `step` was saved."""
-
-    def __init__(self, step: int, path: Path):
-        self.message = (
-            f"preempted at step {step}: saved checkpoint {path}; rerun the same command to resume"
+    # Everything was checked: from here on MODEL_DIR is written.
+    manager = checkpoint_manager.make_manager(model_dir, checkpoint)
+    log = train_logging.MetricsLog(model_dir, train_steps)
+    try:
+        with partitioning.activation_rules(mesh, rules):
+            state = train_state.start_state(
+                start, layout, model, tx, seed, manager, checkpoint, say=log.message
+            )
+        train_logging.write_model_info(
+            model_dir,
+            partitioning.describe_params(
+                layout.abstract["params"], layout.param_specs, mesh, rules
+            ),
         )
-        super().__init__(self.message)
-        self.step, self.path = step, path
+        batch_sharding = partitioning.batch_sharding(mesh, rules)
+        step_fn = jax.jit(
+            functools.partial(
+                train_step,
+                model=T5(model),
+                optimizer=tx,
+                learning_rate=optimization.schedule(),
+                z_loss=optimization.z_loss,
+                label_smoothing=optimization.label_smoothing,
+                loss_normalizing_factor=optimization.loss_normalizing_factor,
+                num_microbatches=optimization.num_microbatches,
+            ),
+            in_shardings=(layout.shardings, batch_sharding),
+            out_shardings=(layout.shardings, partitioning.replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        meta = make_meta(
+            model, vocabulary, kind="train", mixture_or_task_name=data.mixture_or_task_name,
+            task_feature_lengths=dict(data.task_feature_lengths),
+        )  # fmt: skip
+        loop = _Loop(
+            model_dir, train_steps, stats_period, state, step_fn, manager, meta, log,
+            on_nonfinite=optimization.on_nonfinite, best_metric=checkpoint.best_metric,
+            checkpoint_period=checkpoint.period,
+        )  # fmt: skip
+        batches = input_pipeline.train_batches(data, start_step=loop.step, sharding=batch_sharding)
+        evaluator = TrainEvaluator(
+            evaluation, data.mixture_or_task_name, data.task_feature_lengths, data.batch_size,
+            model, vocabulary, mesh, rules,
+        )  # fmt: skip
+        throughput = train_logging.Throughput(
+            model, data.batch_size, data.task_feature_lengths, peak_flops_per_device
+        )
+        log.message(f"training {data.mixture_or_task_name} from step {loop.step} to {train_steps}")
+        with partitioning.activation_rules(mesh, rules):
+            loop.run(batches, batch_sharding, evaluator, throughput)
+    finally:
+        log.close()
+        manager.wait_until_finished()
+        manager.close()
+
+    train_logging.write_operative_config(model_dir)
+    if model.prompt_length > 0:
+        peft.save_prompt(model_dir / "prompt", jax.device_get(loop.state["params"]))
+    return {
+        "step": loop.step,
+        "eval": loop.last_eval,
+        "stopped": loop.stopped,
+        "train_step_compilations": step_fn._cache_size(),
+        "checkpoint": str(checkpoint_manager.checkpoints_dir(model_dir) / str(loop.step)),
+        "state": loop.state,
+    }
 
 
-# ------------------------------------------------------------------------ sharding
+def _checked_vocabulary(task, vocabulary, model: T5Config) -> seqio.Vocabulary:
+    """Every vocabulary of the task loads; the recorded one fits the model's embedding."""
+    for leaf in input_pipeline.leaf_tasks(task):
+        for feature in leaf.output_features.values():
+            vocabularies.check_vocabulary(feature.vocabulary, f"task {task.name}")
+    if vocabulary is not None:
+        vocabularies.check_vocabulary(vocabulary, "train.vocabulary (VOCABULARY)")
+    else:
+        vocabulary = task.output_features["targets"].vocabulary
+    vocabularies.check_fits_model(vocabulary, model.vocab_size)
+    return vocabulary
 
 
-def state_shardings(abstract_state, param_specs, mesh, rules):
-    """NamedShardings for the train state: params by their logical specs, optimizer
-    leaves derived from their parameter's (`partitioning.state_logical_specs`: moments
-    like the parameter, Adafactor's factored statistics keep the remaining axis),
-    counters and rng replicated."""
-    specs = partitioning.state_logical_specs(abstract_state, abstract_state["params"], param_specs)
-    return partitioning.logical_to_sharding(specs, mesh, rules)
+class _Loop:
+    """The steps of one run, from the state's step to `train_steps`."""
 
+    def __init__(
+        self, model_dir, train_steps, stats_period, state, step_fn, manager, meta, log, *,
+        on_nonfinite, best_metric, checkpoint_period,
+    ):  # fmt: skip
+        self.model_dir, self.train_steps, self.stats_period = model_dir, train_steps, stats_period
+        self.state, self.step_fn, self.manager, self.meta, self.log = (
+            state, step_fn, manager, meta, log,
+        )  # fmt: skip
+        self.on_nonfinite, self.best_metric = on_nonfinite, best_metric
+        self.checkpoint_period = checkpoint_period
+        self.step = self.start_step = int(jax.device_get(state["step"]))
+        self.last_eval: dict[str, float] = {}
+        self.stopped: str | None = None
+        self._pending: tuple[int, dict[str, Any]] | None = None
 
-def _with_shardings(abstract_tree, shardings):
-    return jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract_tree,
-        shardings,
-    )
+    def run(self, batches, batch_sharding, evaluator: TrainEvaluator, throughput) -> None:
+        sigterm = _SigtermFlag()
+        history: list[dict[str, Any]] = []
+        try:
+            while self.step < self.train_steps:
+                if sigterm.should_stop(self.step):
+                    self._check_nonfinite()
+                    self._save()
+                    self.manager.wait_until_finished()
+                    path = checkpoint_manager.checkpoints_dir(self.model_dir) / str(self.step)
+                    raise Preempted(self.step, path)
+                host_batch = next(batches)
+                batch = input_pipeline.to_global(
+                    {k: host_batch[k] for k in MODEL_FEATURES if k in host_batch}, batch_sharding
+                )
+                self.state, metrics = self.step_fn(self.state, batch)
+                self.step += 1
+                self._check_nonfinite()
+                self._pending = (self.step, metrics)
+                history.append(metrics)
+                if self.step == self.start_step + 1:
+                    jax.block_until_ready(metrics)  # rates exclude compilation
+                    throughput.start(self.step)
+                    train_logging.write_operative_config(self.model_dir)
+                if self.step % self.stats_period == 0 or self.step == self.train_steps:
+                    logged = {**_mean_metrics(history), **throughput.measure(self.step)}
+                    history = []
+                    self.log.write(self.step, logged)
+                    self.log.progress(self.step, logged)
+                if evaluator.due(self.step, self.train_steps):
+                    self._check_nonfinite()
+                    self.last_eval = evaluator.run(self.state["params"])
+                    self.log.write(self.step, self.last_eval, prefix="eval")
+                    self.log.message(
+                        f"eval at step {self.step}: "
+                        + "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items())
+                    )
+                    if evaluator.early_stopping is not None:
+                        self.stopped = evaluator.early_stopping.update(self.last_eval, self.step)
+                at_period = self.step % self.checkpoint_period == 0
+                if at_period or self.step == self.train_steps or self.stopped:
+                    self._check_nonfinite()
+                    self._save()
+                if self.stopped:
+                    self.log.message(self.stopped)
+                    break
+            self._check_nonfinite()
+            self.manager.wait_until_finished()
+        finally:
+            sigterm.restore()
 
+    def _save(self) -> None:
+        metrics = self.last_eval if self.best_metric in self.last_eval else None
+        checkpoint_manager.save(self.manager, self.state, self.meta, metrics)
 
-# ------------------------------------------------------------------------ helpers
+    def _check_nonfinite(self) -> None:
+        """Acts on the previous step's non-finite flag (read one step late, so the host
+        never waits for the device right after dispatch)."""
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
+        if not bool(jax.device_get(metrics["nonfinite"])):
+            return
+        if self.on_nonfinite == "stop":
+            self.manager.wait_until_finished()
+            raise NonFiniteLoss(
+                _nonfinite_message(step, self.manager.latest_step(), self.model_dir)
+            )
+        self.log.message(
+            f"step {step}: non-finite loss, gradient or update; update skipped "
+            f"({int(jax.device_get(metrics['skipped_steps']))} skipped so far)"
+        )
 
 
 class _SigtermFlag:
@@ -127,32 +299,8 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_feature_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
-    lengths = dict(lengths)
-    missing = {"inputs", "targets"} - set(lengths)
-    if missing:
-        raise ValueError(
-            f"TASK_FEATURE_LENGTHS={lengths} lacks {sorted(missing)}; an encoder-decoder needs "
-            "e.g. {'inputs': 512, 'targets': 114}"
-        )
-    return lengths
-
-
-def _ensure_writable(model_dir: Path) -> None:
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        probe = model_dir / f".write_test_{jax.process_index()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(
-            f"MODEL_DIR={str(model_dir)!r} is not writable ({error.strerror}); choose another "
-            "folder with --gin.MODEL_DIR=..."
-        ) from None
-
-
-def _nonfinite_message(step, last_checkpoint, model_dir) -> str:
-    last_path = checkpointing.checkpoints_dir(model_dir) / str(last_checkpoint)
+def _nonfinite_message(step: int, last_checkpoint: int | None, model_dir: Path) -> str:
+    last_path = checkpoint_manager.checkpoints_dir(model_dir) / str(last_checkpoint)
     where = (
         f"the last good checkpoint is {last_path} (rerunning the command resumes from it)"
         if last_checkpoint is not None
@@ -172,505 +320,9 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     fetched = jax.device_get(history)
     out = {}
     for name in fetched[0]:
-        if name in ("nonfinite",):
+        if name == "nonfinite":
             continue
         values = np.asarray([m[name] for m in fetched], np.float64)
         out[name] = values[-1] if name in ("skipped_steps", "learning_rate") else values.mean()
     out["loss"] = float(np.float32(out["loss"]))  # one step: its float32 loss, exactly
     return {k: float(v) for k, v in out.items()}
-
-
-# ------------------------------------------------------------------------ evaluation
-
-
-def _teacher_forced_eval(eval_fn, params, batches_by_task, sharding) -> dict[str, float]:
-    results = {}
-    for task_name, batches in batches_by_task.items():
-        sums = None
-        for batch in batches:
-            out = eval_fn(params, input_pipeline.to_global(batch, sharding))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-        tokens, sequences = max(sums["num_tokens"], 1.0), max(sums["num_sequences"], 1.0)
-        results[f"{task_name}/teacher_forced_loss"] = sums["loss_sum"] / tokens
-        results[f"{task_name}/teacher_forced_token_accuracy"] = sums["correct_tokens"] / tokens
-        # Rows whose every token is the argmax: the exact-match rate of greedy decoding.
-        results[f"{task_name}/teacher_forced_exact_match"] = sums["sequences_correct"] / sequences
-    return results
-
-
-def _decoding_eval(
-    params, config, vocabulary, task_name, lengths, batch_size, mesh, rules, max_examples
-) -> dict[str, float]:
-    """Decoding + the task's metrics (t5pipe.evaluate, as `t5pipe eval` runs them)."""
-    from t5pipe import evaluate  # imports the decoding stack only when evaluating
-
-    result = evaluate.run_evaluation(
-        params,
-        config,
-        vocabulary,
-        task_name,
-        split="validation",
-        feature_lengths=lengths,
-        batch_size=batch_size,
-        mesh=mesh,
-        rules=rules,
-        max_examples=max_examples,
-    )
-    return {
-        f"{task}/{metric}": float(value)
-        for task, metrics in result["metrics"].items()
-        for metric, value in metrics.items()
-        if isinstance(value, int | float)
-    }
-
-
-# ------------------------------------------------------------------------ the loop
-
-
-@gin.configurable
-def train(
-    *,
-    model_dir: str = gin.REQUIRED,
-    mixture_or_task_name: str = gin.REQUIRED,
-    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-    train_steps: int = gin.REQUIRED,
-    batch_size: int = 128,
-    vocabulary: Any = None,
-    model_config: T5Config | None = None,
-    mixture_or_task_module: str | None = None,
-    use_cached_tasks: bool = False,
-    pack: bool = True,
-    shuffle: bool = True,
-    input_shards: int | None = None,
-    seed: int = 0,
-    optimizer: Callable[..., optax.GradientTransformation] | None = None,
-    learning_rate: optax.Schedule | float | None = None,
-    z_loss: float = 1e-4,
-    label_smoothing: float = 0.0,
-    loss_normalizing_factor: float | str | None = None,
-    num_microbatches: int = 1,
-    initial_checkpoint_path: str | None = None,
-    allow_partial_initial_checkpoint: bool = False,
-    trainable_params: str | None = None,
-    initial_prompt_path: str | None = None,
-    checkpoint_period: int = 1000,
-    checkpoints_to_keep: int | None = None,
-    best_checkpoint_metric: str | None = None,
-    best_checkpoint_mode: str = "max",
-    async_checkpointing: bool = True,
-    stats_period: int = 100,
-    eval_period: int | None = 1000,
-    eval_batch_size: int | None = None,
-    eval_max_examples: int | None = None,
-    eval_with_decoding: bool = True,
-    early_stopping_metric: str | None = None,
-    early_stopping_mode: str = "max",
-    early_stopping_patience: int | None = None,
-    on_nonfinite: str = "stop",
-    peak_flops_per_device: float | None = None,
-) -> dict[str, Any]:
-    """Trains and returns a summary: {"step", "eval" (last eval metrics), "stopped",
-    "train_step_compilations", "checkpoint"}.
-
-    Macro-bound arguments (t5x names): model_dir=MODEL_DIR, mixture_or_task_name=
-    MIXTURE_OR_TASK_NAME, task_feature_lengths=TASK_FEATURE_LENGTHS, train_steps=
-    TRAIN_STEPS, batch_size=BATCH_SIZE, initial_checkpoint_path=INITIAL_CHECKPOINT_PATH,
-    eval_period=EVAL_PERIOD, use_cached_tasks=USE_CACHED_TASKS, z_loss=Z_LOSS,
-    label_smoothing=LABEL_SMOOTHING, loss_normalizing_factor=LOSS_NORMALIZING_FACTOR,
-    mixture_or_task_module=MIXTURE_OR_TASK_MODULE, stats_period=STATS_PERIOD,
-    checkpoint_period=CHECKPOINT_PERIOD. The model is `T5Config()` as gin binds it.
-    `input_shards`: how many seqio shards the training data is read as (default: one
-    per process); fixing it makes the global batches the same for any process count
-    (see `input_pipeline.train_batches`).
-    """
-    if on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite={on_nonfinite!r}: expected 'stop' or 'skip'")
-    if mixture_or_task_module:
-        importlib.import_module(mixture_or_task_module)
-    model_dir = resolve_path(model_dir)  # gs://... stays remote
-    _ensure_writable(model_dir)
-    lengths = _check_feature_lengths(task_feature_lengths)
-    task = input_pipeline.get_mixture_or_task(mixture_or_task_name)
-    config = model_config or T5Config()
-    if vocabulary is None:
-        vocabulary = task.output_features["targets"].vocabulary
-    if vocabulary.vocab_size > config.vocab_size:
-        raise ValueError(
-            f"the vocabulary has {vocabulary.vocab_size} ids but T5Config.vocab_size is "
-            f"{config.vocab_size}; use a model gin file that matches the task's vocabulary"
-        )
-    trainable = trainable_params
-    if config.prompt_length > 0 and trainable is None:
-        trainable = "^prompt$"  # prompt tuning: only the soft prompt learns
-    schedule = learning_rate if learning_rate is not None else 1e-3
-    schedule_fn = schedule if callable(schedule) else optax.constant_schedule(float(schedule))
-    make_optimizer = optimizer
-    if make_optimizer is None:
-        from t5pipe.optimizers import adafactor
-
-        make_optimizer = adafactor
-
-    mesh = partitioning.create_mesh()
-    rules = partitioning.logical_axis_rules()
-    model = T5(config)
-    abstract_param_tree, param_specs = abstract_params(config)
-    tx = peft.freeze_except(
-        make_optimizer(learning_rate=schedule_fn), abstract_param_tree, trainable
-    )
-
-    def init_state(rng):
-        tokens = jnp.ones((1, 8), jnp.int32)
-        params = jax.tree.map(
-            lambda x: getattr(x, "value", x),
-            model.init(rng, tokens, tokens)["params"],
-            is_leaf=lambda x: hasattr(x, "value"),
-        )
-        return init_train_state(params, tx, seed)
-
-    abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(seed))
-    shardings = state_shardings(abstract_state, param_specs, mesh, rules)
-    abstract_state = _with_shardings(abstract_state, shardings)
-
-    manager = checkpointing.make_manager(
-        model_dir,
-        keep=checkpoints_to_keep,
-        best_metric=best_checkpoint_metric,
-        best_mode=best_checkpoint_mode,
-        async_save=async_checkpointing,
-    )
-    metrics_log = train_logging.MetricsLog(model_dir, train_steps)
-    latest = manager.latest_step()
-    with partitioning.activation_rules(mesh, rules):
-        if latest is not None:
-            state = checkpointing.restore(manager, latest, abstract_state)
-            restored_from = checkpointing.checkpoints_dir(model_dir) / str(latest)
-            metrics_log.message(f"restored {restored_from}")
-        else:
-            state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(seed))
-            if initial_checkpoint_path:
-                params, report = checkpointing.load_initial_params(
-                    initial_checkpoint_path,
-                    abstract_state["params"],
-                    state["params"],
-                    allow_partial=allow_partial_initial_checkpoint,
-                )
-                for kind in ("missing", "unexpected"):
-                    if report[kind]:
-                        metrics_log.message(
-                            f"initial checkpoint: {len(report[kind])} {kind} parameter(s): "
-                            + ", ".join(report[kind])
-                        )
-                state = {
-                    **state,
-                    "params": params,
-                    "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(params),
-                }
-            if initial_prompt_path:
-                params = peft.merge_prompt(state["params"], peft.load_prompt(initial_prompt_path))
-                state = {**state, "params": jax.device_put(params, shardings["params"])}
-    start_step = int(jax.device_get(state["step"]))
-
-    train_logging.write_model_info(
-        model_dir, partitioning.describe_params(abstract_state["params"], param_specs, mesh, rules)
-    )
-    meta = make_meta(
-        config,
-        vocabulary,
-        kind="train",
-        mixture_or_task_name=mixture_or_task_name,
-        task_feature_lengths=lengths,
-    )
-
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            optimizer=tx,
-            learning_rate=schedule_fn,
-            z_loss=z_loss,
-            label_smoothing=label_smoothing,
-            loss_normalizing_factor=loss_normalizing_factor,
-            num_microbatches=num_microbatches,
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    eval_fn = jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(shardings["params"], batch_sharding),
-        out_shardings=partitioning.replicated(mesh),
-    )
-
-    batches = input_pipeline.train_batches(
-        mixture_or_task_name,
-        lengths,
-        batch_size,
-        pack=pack,
-        seed=seed,
-        start_step=start_step,
-        use_cached=use_cached_tasks,
-        shuffle=shuffle,
-        sharding=batch_sharding,
-        num_input_shards=input_shards,
-    )
-    eval_tasks = input_pipeline.validation_tasks(mixture_or_task_name) if eval_period else []
-    eval_batches_by_task: dict[str, list] = {}
-
-    step_flops = flops.train_flops_per_step(
-        config, batch_size, lengths["inputs"], lengths["targets"]
-    )
-    peak = peak_flops_per_device or flops.peak_flops_per_device()
-    tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
-
-    def run_eval(state, step) -> dict[str, float]:
-        if not eval_tasks:
-            return {}
-        for eval_task in eval_tasks:
-            if eval_task.name not in eval_batches_by_task:
-                eval_batches_by_task[eval_task.name] = input_pipeline.eval_batches(
-                    eval_task.name,
-                    lengths,
-                    eval_batch_size or batch_size,
-                    max_examples=eval_max_examples,
-                    use_cached=use_cached_tasks,
-                )
-        with partitioning.activation_rules(mesh, rules):
-            results = _teacher_forced_eval(
-                eval_fn, state["params"], eval_batches_by_task, batch_sharding
-            )
-            if eval_with_decoding:
-                for eval_task in eval_tasks:
-                    results.update(
-                        _decoding_eval(
-                            state["params"],
-                            config,
-                            vocabulary,
-                            eval_task.name,
-                            lengths,
-                            eval_batch_size or batch_size,
-                            mesh,
-                            rules,
-                            eval_max_examples,
-                        )
-                    )
-        metrics_log.write(step, results, prefix="eval")
-        metrics_log.message(
-            f"eval at step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items())
-        )
-        return results
-
-    def save(state, eval_metrics) -> int:
-        metrics = {k: v for k, v in eval_metrics.items()} if best_checkpoint_metric else None
-        if best_checkpoint_metric and best_checkpoint_metric not in (metrics or {}):
-            metrics = None
-        return checkpointing.save(manager, state, meta, metrics)
-
-    sigterm = _SigtermFlag()
-    history: list[dict[str, Any]] = []
-    pending: tuple[int, dict[str, Any]] | None = None
-    last_eval: dict[str, float] = {}
-    best_value, evals_without_improvement = None, 0
-    stopped = None
-    step = start_step
-    last_log_time, last_log_step = None, step
-    metrics_log.message(f"training {mixture_or_task_name} from step {step} to {train_steps}")
-
-    def check_nonfinite(entry):
-        if entry is None:
-            return
-        at_step, metrics = entry
-        if bool(jax.device_get(metrics["nonfinite"])):
-            if on_nonfinite == "stop":
-                manager.wait_until_finished()
-                raise NonFiniteLossError(
-                    _nonfinite_message(at_step, manager.latest_step(), model_dir)
-                )
-            metrics_log.message(
-                f"step {at_step}: non-finite loss or gradient; update skipped "
-                f"({int(jax.device_get(metrics['skipped_steps']))} skipped so far)"
-            )
-
-    try:
-        with partitioning.activation_rules(mesh, rules):
-            while step < train_steps:
-                if sigterm.should_stop(step):
-                    check_nonfinite(pending)
-                    save(state, last_eval)
-                    manager.wait_until_finished()
-                    raise Preempted(step, checkpointing.checkpoints_dir(model_dir) / str(step))
-                host_batch = next(batches)
-                batch = input_pipeline.to_global(
-                    {k: host_batch[k] for k in MODEL_FEATURES if k in host_batch}, batch_sharding
-                )
-                state, metrics = step_fn(state, batch)
-                step += 1
-                check_nonfinite(pending)
-                pending = (step, metrics)
-                history.append(metrics)
-                if step == start_step + 1:
-                    jax.block_until_ready(metrics)  # rates exclude compilation
-                    last_log_time, last_log_step = time.time(), step
-                    train_logging.write_operative_config(model_dir)
-
-                if step % stats_period == 0 or step == train_steps:
-                    logged = _mean_metrics(history)
-                    history = []
-                    now = time.time()
-                    if step > last_log_step and last_log_time is not None:
-                        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                    else:
-                        rate = float("nan")
-                    last_log_time, last_log_step = now, step
-                    logged["steps_per_second"] = rate
-                    logged["tokens_per_second"] = rate * tokens_per_step
-                    logged["mfu"] = (
-                        step_flops * rate / (peak * jax.device_count())
-                        if peak and math.isfinite(rate)
-                        else None
-                    )
-                    metrics_log.write(step, logged)
-                    metrics_log.progress(step, logged)
-
-                if eval_period and (step % eval_period == 0 or step == train_steps):
-                    check_nonfinite(pending)
-                    last_eval = run_eval(state, step)
-                    if early_stopping_metric and early_stopping_patience:
-                        value = last_eval.get(early_stopping_metric)
-                        if value is None:
-                            raise ValueError(
-                                f"train.early_stopping_metric={early_stopping_metric!r} is not "
-                                f"among the eval metrics {sorted(last_eval)}"
-                            )
-                        better = best_value is None or (
-                            value > best_value
-                            if early_stopping_mode == "max"
-                            else value < best_value
-                        )
-                        best_value = value if better else best_value
-                        evals_without_improvement = 0 if better else evals_without_improvement + 1
-                        if evals_without_improvement >= early_stopping_patience:
-                            stopped = (
-                                f"early stop at step {step}: {early_stopping_metric} has "
-                                f"not improved for {early_stopping_patience} evaluations"
-                            )
-
-                if step % checkpoint_period == 0 or step == train_steps or stopped:
-                    check_nonfinite(pending)
-                    save(state, last_eval)
-                if stopped:
-                    metrics_log.message(stopped)
-                    break
-            check_nonfinite(pending)
-            manager.wait_until_finished()
-    finally:
-        sigterm.restore()
-        metrics_log.close()
-        manager.wait_until_finished()
-        manager.close()
-
-    train_logging.write_operative_config(model_dir)
-    if config.prompt_length > 0:
-        peft.save_prompt(model_dir / "prompt", jax.device_get(state["params"]))
-    compilations = step_fn._cache_size()
-    if compilations > 1:
-        log.warning("the train step compiled %d times (expected once)", compilations)
-    final_checkpoint = checkpointing.checkpoints_dir(model_dir) / str(step)
-    return {
-        "step": step,
-        "eval": last_eval,
-        "stopped": stopped,
-        "train_step_compilations": compilations,
-        "checkpoint": str(final_checkpoint),
-        "state": state,
-    }
-
-
-# ------------------------------------------------------------------------ command line
-
-
-def _parse_flags(argv: list[str]):
-    from t5pipe import distributed, gin_setup
-
-    parser = argparse.ArgumentParser(
-        prog="t5pipe train",
-        description="Train or fine-tune T5 (gin-configured; t5x flags and macro names).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    gin_setup.add_gin_flags(parser)
-    distributed.add_distributed_flags(parser)
-    rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
-    args = parser.parse_args(rest)
-    if not args.gin_file and not args.gin_bindings and not dot_bindings:
-        parser.error("give at least one --gin_file (e.g. --gin_file=runs/quickstart.gin)")
-    distributed.initialize(args)
-    return args, dot_bindings
-
-
-def configure(argv: list[str]) -> None:
-    """Parses flags and gin files (the registered tasks and configurables imported first)."""
-    from t5pipe import gin_setup, optimizers  # noqa: F401  (gin configurables)
-
-    args, dot_bindings = _parse_flags(argv)
-    gin_setup.parse_command_gin(args, dot_bindings)
-
-
-def _quiet_libraries() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("absl", "jax", "orbax", "tensorflow", "seqio", "jax._src"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-        pass
-
-
-def main(argv: list[str]) -> int:
-    _quiet_libraries()
-    try:
-        configure(argv)
-    except (ValueError, OSError, SyntaxError) as error:
-        train_logging.print_error(f"t5pipe train: configuration error: {error}")
-        return EXIT_USAGE
-    from t5pipe import preflight  # bad input (issue 8) stops here, before MODEL_DIR is touched
-
-    preflight.check_train_config(train)
-    try:
-        summary = train()
-    except Preempted as error:
-        train_logging.print_error(f"t5pipe train: {error.message} (exit code {EXIT_PREEMPTED})")
-        return EXIT_PREEMPTED
-    except NonFiniteLossError as error:
-        train_logging.print_error(f"t5pipe train: {error.message} (exit code {EXIT_NONFINITE})")
-        return EXIT_NONFINITE
-    except (ValueError, FileNotFoundError) as error:
-        train_logging.print_error(f"t5pipe train: error: {error}")
-        return EXIT_ERROR
-    _print_final(summary)
-    return EXIT_OK
-
-
-def _print_final(summary: dict[str, Any]) -> None:
-    if jax.process_index() != 0:
-        return
-    print(f"finished at step {summary['step']}; checkpoint {summary['checkpoint']}")
-    teacher_forced = ("teacher_forced_loss", "teacher_forced_token_accuracy")
-    for name, value in summary["eval"].items():
-        task, metric = name.rsplit("/", 1)
-        if metric not in teacher_forced and metric != "teacher_forced_exact_match":
-            print(f"held-out {task} validation {metric} (decoded): {value:.4g}")
-    for name, value in summary["eval"].items():
-        task, metric = name.rsplit("/", 1)
-        if metric == "teacher_forced_exact_match":
-            print(
-                f"held-out {task} validation exact match: {100 * value:.1f}% "
-                "(every target token the model's first choice = what greedy decoding returns)"
-            )
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

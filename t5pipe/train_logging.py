@@ -1,4 +1,4 @@
-"""What a training run writes into MODEL_DIR, and its console progress line.
+"""What a training run writes into MODEL_DIR, its console progress line, and its rates.
 
     MODEL_DIR/config.gin        the operative gin config (what the run really used)
     MODEL_DIR/model-info.txt    parameter shapes, dtypes, logical axes, mesh partition specs
@@ -6,19 +6,26 @@
     MODEL_DIR/tensorboard/      TensorBoard events (train/* and eval/* scalars)
 
 Only process 0 writes; the other processes of a multi-host run log nothing.
+`check_writable` runs before a run writes anything; `Throughput` turns step times into
+steps/s, tokens/s and MFU.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import gin
 import jax
+
+from t5pipe import flops
+from t5pipe.errors import UserInputError
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.gin"
@@ -28,6 +35,68 @@ TENSORBOARD_SUBDIR = "tensorboard"
 
 def is_primary() -> bool:
     return jax.process_index() == 0
+
+
+def check_writable(model_dir: str | os.PathLike) -> None:
+    """MODEL_DIR, or the nearest folder it would be created in, accepts new files.
+
+    A probe file is created and removed; nothing that exists is changed. Remote
+    paths (gs://...) are left to the first write.
+    """
+    text = os.fspath(model_dir)
+    if "://" in text:
+        return
+    path = Path(text).absolute()
+    existing, where = path, ""
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        where = "" if existing == path else f" (it would be created inside {existing})"
+        if not existing.is_dir():
+            raise UserInputError(
+                f"MODEL_DIR={text!r} cannot be a folder: {existing} is a file. Choose another "
+                "folder with --gin.MODEL_DIR=..."
+            )
+        handle, probe = tempfile.mkstemp(prefix=".t5pipe_write_probe_", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:  # no permission to look into, or to write in, the folder
+        raise UserInputError(
+            f"MODEL_DIR={text!r} is not writable{where}: {error.strerror}. Choose a folder you "
+            "can write with --gin.MODEL_DIR=..., or give yourself write permission there."
+        ) from None
+
+
+class Throughput:
+    """Steps/s, tokens/s and MFU between two logged steps (compilation excluded: the
+    clock starts after the first step)."""
+
+    def __init__(self, config, batch_size: int, lengths: dict[str, int], peak: float | None):
+        self.step_flops = flops.train_flops_per_step(
+            config, batch_size, lengths["inputs"], lengths["targets"]
+        )
+        self.tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
+        self.peak = peak or flops.peak_flops_per_device()
+        self._time: float | None = None
+        self._step = 0
+
+    def start(self, step: int) -> None:
+        self._time, self._step = time.time(), step
+
+    def measure(self, step: int) -> dict[str, float | None]:
+        now = time.time()
+        rate = float("nan")
+        if self._time is not None and step > self._step:
+            rate = (step - self._step) / max(now - self._time, 1e-9)
+        self._time, self._step = now, step
+        mfu = None
+        if self.peak and math.isfinite(rate):
+            mfu = self.step_flops * rate / (self.peak * jax.device_count())
+        return {
+            "steps_per_second": rate,
+            "tokens_per_second": rate * self.tokens_per_step,
+            "mfu": mfu,
+        }
 
 
 def write_operative_config(model_dir: Path) -> None:

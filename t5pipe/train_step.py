@@ -15,18 +15,84 @@ decoder_loss_weights, and when packed encoder/decoder_segment_ids and _positions
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
+from collections.abc import Callable
 from typing import Any
 
+import gin
 import jax
 import jax.numpy as jnp
 import optax
 
-from t5pipe.losses import cross_entropy_with_z_loss, normalizing_weights
+from t5pipe.errors import UserInputError
+from t5pipe.losses import NORMALIZING_MODES, cross_entropy_with_z_loss, normalizing_weights
 from t5pipe.model import T5
 
 TrainState = dict[str, Any]
 Batch = dict[str, jax.Array]
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig:
+    """What one training step optimises and how.
+
+    optimizer: an optax constructor called with the schedule (`@adafactor`, `@adamw`;
+    default Adafactor with T5's settings); learning_rate: a schedule or a number;
+    z_loss (Z_LOSS), label_smoothing (LABEL_SMOOTHING), loss_normalizing_factor
+    (LOSS_NORMALIZING_FACTOR: None, a number, 'NUM_REAL_TARGET_TOKENS',
+    'AVERAGE_PER_SEQUENCE'); num_microbatches: gradient accumulation (same update as
+    the full batch); trainable_params: a regex over parameter paths, the rest frozen;
+    on_nonfinite: 'stop' (exit 65) or 'skip' a step whose loss, gradient or update is
+    NaN/Inf (its update is never applied either way).
+    """
+
+    optimizer: Callable[..., optax.GradientTransformation] | None = None
+    learning_rate: optax.Schedule | float = 1e-3
+    z_loss: float = 1e-4
+    label_smoothing: float = 0.0
+    loss_normalizing_factor: float | str | None = None
+    num_microbatches: int = 1
+    trainable_params: str | None = None
+    on_nonfinite: str = "stop"
+
+    def __post_init__(self):
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise UserInputError(
+                f"train.on_nonfinite={self.on_nonfinite!r}: expected 'stop' or 'skip'"
+            )
+        micro = self.num_microbatches
+        if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
+            raise UserInputError(f"train.num_microbatches={micro!r}: expected a whole number >= 1")
+        factor = self.loss_normalizing_factor
+        if isinstance(factor, str) and factor not in NORMALIZING_MODES:
+            raise UserInputError(
+                f"LOSS_NORMALIZING_FACTOR={factor!r}: expected a number, None, or one of "
+                f"{NORMALIZING_MODES}"
+            )
+        if isinstance(factor, int | float) and not isinstance(factor, bool) and factor <= 0:
+            raise UserInputError(f"LOSS_NORMALIZING_FACTOR={factor} must be positive")
+        if self.trainable_params is not None:
+            try:
+                re.compile(self.trainable_params)
+            except re.error as error:
+                raise UserInputError(
+                    f"train.trainable_params={self.trainable_params!r} is not a regular "
+                    f"expression ({error})"
+                ) from None
+
+    def schedule(self) -> optax.Schedule:
+        rate = self.learning_rate
+        return rate if callable(rate) else optax.constant_schedule(float(rate))
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        """The optimizer over the schedule (Adafactor with T5's settings by default)."""
+        from t5pipe.optimizers import adafactor
+
+        return (self.optimizer or adafactor)(learning_rate=self.schedule())
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
@@ -52,14 +118,12 @@ def logits_for(model: T5, params, batch: Batch, dropout_rng: jax.Array | None) -
     )
 
 
-def microbatch_loss(params, batch: Batch, factor, dropout_rng, step, *, model, z_loss, smoothing):
+def microbatch_loss(params, batch: Batch, factor, dropout_rng, *, model, z_loss, smoothing):
     """Loss of one microbatch, already divided by the whole batch's normalising factor.
 
-    `batch["weights"]` holds the normalising token weights. `step` is unused here;
-    it is part of the signature so tests can inject faults at a chosen step.
+    `batch["weights"]` holds the normalising token weights.
     -> (loss [], (z_loss [], correct-token weight [], real-token count [])).
     """
-    del step
     logits = logits_for(model, params, batch, dropout_rng)
     total, z_total, correct = cross_entropy_with_z_loss(
         logits,
@@ -117,21 +181,19 @@ def train_step(
     )
     batch = {**batch, "weights": weights}
     loss_fn = functools.partial(
-        _call_microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing
+        microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing
     )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     if num_microbatches <= 1:
-        (loss, (z_total, correct, num_tokens)), grads = grad_fn(
-            params, batch, factor, dropout_rng, step
-        )
+        (loss, (z_total, correct, num_tokens)), grads = grad_fn(params, batch, factor, dropout_rng)
     else:
         micro = _split_microbatches(batch, num_microbatches)
 
         def accumulate(carry, inputs):
             index, microbatch = inputs
             rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-            (m_loss, m_aux), m_grads = grad_fn(params, microbatch, factor, rng, step)
+            (m_loss, m_aux), m_grads = grad_fn(params, microbatch, factor, rng)
             grads_sum, sums = carry
             grads_sum = jax.tree.map(jnp.add, grads_sum, m_grads)
             sums = jax.tree.map(jnp.add, sums, (m_loss, *m_aux))
@@ -147,7 +209,8 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A finite loss and gradient can still give a non-finite update (a bad learning rate).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
     new_state = {
         "step": step + 1,
@@ -167,11 +230,6 @@ def train_step(
         "skipped_steps": new_state["skipped_steps"],
     }
     return new_state, metrics
-
-
-def _call_microbatch_loss(params, batch, factor, rng, step, **kwargs):
-    # Looked up at trace time, so a test can substitute `microbatch_loss`.
-    return microbatch_loss(params, batch, factor, rng, step, **kwargs)
 
 
 def eval_step(params, batch: Batch, *, model: T5) -> dict[str, jax.Array]:

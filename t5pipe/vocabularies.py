@@ -19,6 +19,8 @@ from typing import Any
 import gin
 import seqio
 
+from t5pipe.errors import UserInputError, first_line
+
 # Where t5x's configs point; users without GCS access set T5PIPE_VOCAB or gin-bind `path`.
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
@@ -95,6 +97,44 @@ def mt5_vocabulary(path: str = MT5_SPM_PATH, extra_ids: int = 0) -> seqio.Senten
 def byt5_vocabulary(extra_ids: int = 0) -> seqio.ByteVocabulary:
     """ByT5: UTF-8 bytes offset by 3 special ids."""
     return seqio.ByteVocabulary(extra_ids=extra_ids)
+
+
+def check_vocabulary(vocabulary: seqio.Vocabulary, where: str) -> None:
+    """A SentencePiece vocabulary's model file exists and loads, else an error naming
+    the file and how to point t5pipe at the right one."""
+    if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return
+    path = vocabulary.sentencepiece_model_file
+    try:
+        vocabulary.tokenizer  # noqa: B018 - loading the model is the check
+    except Exception as error:  # noqa: BLE001 - any failure to load means unusable
+        local = "://" not in str(path)
+        problem = (
+            "does not exist"
+            if local and not Path(path).exists()
+            else f"cannot be read as a SentencePiece model ({first_line(error)})"
+        )
+        if isinstance(vocabulary, DeferredSentencePieceVocabulary):
+            fix = (
+                f"Point t5pipe at T5's spiece.model: set {VOCAB_ENV}=/path/to/spiece.model, or "
+                "bind --gin.t5_vocabulary.path=/path/to/spiece.model"
+            )
+        else:
+            fix = (
+                "Fix the path given to the vocabulary (its gin binding, e.g. "
+                "t5_vocabulary.path or mt5_vocabulary.path)"
+            )
+        raise UserInputError(f"{where}: the vocabulary file {path} {problem}. {fix}.") from None
+
+
+def check_fits_model(vocabulary: seqio.Vocabulary, vocab_size: int) -> None:
+    """Every token id of `vocabulary` indexes the model's embedding of `vocab_size` rows."""
+    if vocabulary.vocab_size > vocab_size:
+        raise UserInputError(
+            f"the vocabulary has {vocabulary.vocab_size} ids but T5Config.vocab_size is "
+            f"{vocab_size}: tokens would index past the embedding. Use the model gin "
+            "file that matches the task's vocabulary, or raise T5Config.vocab_size."
+        )
 
 
 def vocabulary_to_spec(vocab: seqio.Vocabulary, embed_model: bool = True) -> dict[str, Any]:

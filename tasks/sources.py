@@ -325,3 +325,21 @@ def examples_source(
     dataset_fn.__name__ = name
     dataset_fn.description = description or f"in-memory examples ({name})"
     return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+
+
+# ---------------------------------------------------------------- descriptions
+
+
+def describe_source(task: seqio.Task) -> str:
+    """Where a task's data comes from, in a few words (for listings and error messages)."""
+    source = task.source
+    function = getattr(source, "_dataset_fn", None)
+    if function is not None:
+        return getattr(function, "description", None) or getattr(function, "__name__", "")
+    tfds_dataset = getattr(source, "tfds_dataset", None)
+    if tfds_dataset is not None:
+        return f"TFDS {tfds_dataset.name}"
+    patterns = getattr(source, "_split_to_filepattern", None)
+    if patterns:
+        return f"files {patterns}"
+    return type(source).__name__

@@ -19,7 +19,7 @@ exactly the requested length; for inputs 512 that is 568 raw tokens -> 512 input
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Mapping
 
 import seqio
@@ -205,13 +205,49 @@ def span_corruption(
     return corrupt(dataset)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpanCorruption:
+    """`span_corruption` as a seqio preprocessor that also says which targets length it
+    needs: t5pipe asks every preprocessor of a task for `required_target_length` to check
+    TASK_FEATURE_LENGTHS before training (and knows such a task truncates nothing)."""
+
+    noise_density: float = NOISE_DENSITY
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+    merge_examples_to_reduce_padding: bool = True
+    # Filled in by seqio, which sets these fields of dataclass preprocessors.
+    sequence_length: Mapping[str, int] | None = None
+    output_features: Mapping[str, seqio.Feature] | None = None
+
+    def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        return span_corruption(
+            dataset,
+            self.sequence_length,
+            self.output_features,
+            noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length,
+            merge_examples_to_reduce_padding=self.merge_examples_to_reduce_padding,
+        )
+
+    def required_target_length(self, inputs_length: int) -> int:
+        """The targets length that corrupting `inputs_length` tokens produces."""
+        return random_spans_helper(inputs_length, self.noise_density, self.mean_noise_span_length)[
+            1
+        ]
+
+    def describe(self) -> str:
+        return (
+            f"span corruption (noise density {self.noise_density}, mean span "
+            f"{self.mean_noise_span_length})"
+        )
+
+
 def span_corruption_preprocessors(**options) -> list:
     """The preprocessor list of a span-corruption task over a "text" feature: tokenize,
-    cache point, corrupt, EOS. options: span_corruption's keyword arguments."""
+    cache point, corrupt, EOS. options: `SpanCorruption`'s fields."""
     return [
         lambda ds: ds.map(lambda x: {"targets": x["text"]}, AUTOTUNE),
         seqio.preprocessors.tokenize,
         seqio.CacheDatasetPlaceholder(),
-        functools.partial(span_corruption, **options) if options else span_corruption,
+        SpanCorruption(**options),
         seqio.preprocessors.append_eos_after_trim,
     ]

@@ -48,6 +48,7 @@ from t5pipe.tasks.span_corruption import (
     NOISE_DENSITY,
     span_corruption_preprocessors,
 )
+from t5pipe.text_files import read_utf8
 
 
 class UserDataError(UserInputError, ValueError):
@@ -243,15 +244,9 @@ def _expand(patterns: list[str], name: str, split: str) -> list[str]:
 
 def _read_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        data = Path(path).read_bytes()
-        line = data[: error.start].count(b"\n") + 1
-        column = error.start - data.rfind(b"\n", 0, error.start)  # 1-based, in bytes
-        raise UserDataError(
-            f"{path}:{line}:{column}: not UTF-8 text ({error.reason}: byte offset "
-            f"{error.start} holds {data[error.start : error.end]!r}); save the file as UTF-8"
-        ) from None
+        return read_utf8(path)
+    except UserInputError as error:
+        raise UserDataError(error.message) from None
 
 
 def _read_rows(path: str, file_format: str | None, columns: Sequence[str] | None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import seqio
 import torch
-from test_infer import INPUTS, byte_checkpoint, hf_greedy_texts  # noqa: F401 (fixture)
+from testlib import INPUTS, hf_greedy_texts
 
 from t5pipe import api
 
@@ -22,10 +22,9 @@ def hf_log_likelihood(hf, inputs, targets):
     return np.asarray(scores)
 
 
-def test_load_predict_score_classify(byte_checkpoint):  # noqa: F811
+def test_load_predict_score_classify(byte_checkpoint):
     path, hf = byte_checkpoint
     model = api.load(path, batch_size=3)
-    assert model.batch_size == 8  # rounded up to split evenly over the 8 test devices
 
     predictions = model.predict(INPUTS, max_decode_length=10)
     assert predictions == hf_greedy_texts(hf, INPUTS, 10)
@@ -48,7 +47,7 @@ def test_load_predict_score_classify(byte_checkpoint):  # noqa: F811
         assert label == labels[int(np.argmax(expected))]
 
 
-def test_one_string_is_a_clear_error(byte_checkpoint):  # noqa: F811
+def test_one_string_is_a_clear_error(byte_checkpoint):
     model = api.load(byte_checkpoint[0])
     with pytest.raises(TypeError, match="got one string"):
         model.predict("hello")

@@ -8,7 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from conftest import REPO_ROOT
+from testlib import REPO_ROOT
 
 # benchmarks/ is a top-level folder of the checkout, not part of the installed package.
 if str(REPO_ROOT) not in sys.path:

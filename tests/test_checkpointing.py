@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from train_testlib import FAST, read_metrics, train_in_process
 
-from t5pipe import checkpointing
-from t5pipe.checkpoints import load_model_config, load_params, save_checkpoint
+from t5pipe import checkpoint_manager
+from t5pipe.checkpoint_format import load_model_config, load_params, save_checkpoint
+from t5pipe.checkpoint_manager import CheckpointConfig
+from t5pipe.errors import UserInputError
+from t5pipe.gin_setup import model_config_from_gin
 from t5pipe.model import init_params
 from t5pipe.model_config import T5Config
 from t5pipe.vocabularies import byt5_vocabulary
@@ -32,15 +35,15 @@ def test_round_trip_and_resume(tmp_path):
         "--gin.CHECKPOINTS_TO_KEEP=None",
     )
     assert summary["train_step_compilations"] == 1
-    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
     assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [2, 4]
 
     # Save -> restore: identical params and optimizer state.
-    manager = checkpointing.make_manager(model_dir)
+    manager = checkpoint_manager.make_manager(model_dir, CheckpointConfig())
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), summary["state"]
     )
-    restored = checkpointing.restore(manager, 4, abstract)
+    restored = checkpoint_manager.restore(manager, 4, abstract)
     manager.close()
     _assert_trees_equal(restored["params"], summary["state"]["params"])
     _assert_trees_equal(restored["opt_state"], summary["state"]["opt_state"])
@@ -48,7 +51,7 @@ def test_round_trip_and_resume(tmp_path):
 
     # Each step folder is a self-describing checkpoint for eval/infer.
     config = load_model_config(ckpt_dir / "4")
-    assert config == T5Config().replace(**config.to_dict()) and config.d_model == 64
+    assert config == model_config_from_gin(["models/tiny.gin"])  # the quickstart's model
     _assert_trees_equal(load_params(ckpt_dir / "4"), summary["state"]["params"])
 
     # Training resumed from the checkpoint continues at step 5.
@@ -90,13 +93,13 @@ def test_keeps_last_k_and_cleans_incomplete(tmp_path, caplog):
         "--gin.CHECKPOINT_PERIOD=1",
         "--gin.CHECKPOINTS_TO_KEEP=2",
     )
-    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
     assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [3, 4]
 
     # Leftovers of an interrupted save: orbax's temporary folder, a folder never committed.
     (ckpt_dir / "5.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
     (ckpt_dir / "6" / "state").mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="t5pipe.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="t5pipe.checkpoint_manager"):
         summary = train_in_process(
             model_dir,
             *FAST,
@@ -112,11 +115,13 @@ def test_keeps_last_k_and_cleans_incomplete(tmp_path, caplog):
 
 
 def test_best_checkpoint_is_kept(tmp_path):
-    manager = checkpointing.make_manager(tmp_path, keep=1, best_metric="acc", async_save=False)
+    manager = checkpoint_manager.make_manager(
+        tmp_path, CheckpointConfig(keep=1, best_metric="acc", async_save=False)
+    )
     meta = {"format": 1}
     for step, acc in [(1, 0.2), (2, 0.9), (3, 0.5), (4, 0.4)]:
         state = {"step": np.int32(step), "params": {"w": np.full((2,), step, np.float32)}}
-        checkpointing.save(manager, state, meta, {"acc": acc})
+        checkpoint_manager.save(manager, state, meta, {"acc": acc})
     manager.wait_until_finished()
     assert sorted(manager.all_steps()) == [2, 4]  # the latest and the best
     manager.close()
@@ -163,7 +168,11 @@ def test_initial_checkpoint_other_dtype_and_partial(tmp_path):
     partial.pop("logits_dense")
     partial["extra_head"] = {"kernel": np.zeros((2, 2), np.float32)}
     save_checkpoint(tmp_path / "partial", {"params": partial}, config, vocabulary)
-    with pytest.raises(ValueError, match=r"lacks 1 parameter.*logits_dense/kernel.*extra_head"):
+    with pytest.raises(
+        UserInputError,
+        match=r"\(1 parameter\(s\) differ\).*logits_dense/kernel: model \(64, 384\), not in the "
+        r"checkpoint.*also holds 1 parameter\(s\) the model lacks: extra_head/kernel",
+    ):
         train_in_process(
             tmp_path / "run2",
             *FAST,
@@ -188,7 +197,9 @@ def test_initial_checkpoint_other_dtype_and_partial(tmp_path):
     wrong = dict(bf16)
     wrong["logits_dense"] = {"kernel": np.zeros((64, 100), np.float32)}
     save_checkpoint(tmp_path / "wrong", {"params": wrong}, config, vocabulary)
-    with pytest.raises(ValueError, match=r"logits_dense/kernel: checkpoint \(64, 100\) vs model"):
+    with pytest.raises(
+        UserInputError, match=r"logits_dense/kernel: model \(64, 384\), checkpoint \(64, 100\)"
+    ):
         train_in_process(
             tmp_path / "run4",
             *FAST,
@@ -215,11 +226,15 @@ def test_early_stopping_on_eval_metric(tmp_path):
     losses = [r["builtin_reverse_v001/teacher_forced_loss"] for r in evals]
     assert losses[1] < losses[0]
     assert summary["step"] == 2 and "early stop at step 2" in summary["stopped"]
-    assert checkpointing.is_complete(checkpointing.checkpoints_dir(tmp_path / "run") / "2")
+    assert checkpoint_manager.is_complete(
+        checkpoint_manager.checkpoints_dir(tmp_path / "run") / "2"
+    )
 
 
 def test_remote_model_dir_stays_remote(tmp_path, monkeypatch):
     # gs:// paths must reach orbax untouched (pathlib would make them "cwd/gs:/bucket").
     monkeypatch.chdir(tmp_path)
-    assert str(checkpointing.checkpoints_dir("gs://bucket/run")) == "gs://bucket/run/checkpoints"
-    assert str(checkpointing.checkpoints_dir("run")) == str(tmp_path / "run" / "checkpoints")
+    assert (
+        str(checkpoint_manager.checkpoints_dir("gs://bucket/run")) == "gs://bucket/run/checkpoints"
+    )
+    assert str(checkpoint_manager.checkpoints_dir("run")) == str(tmp_path / "run" / "checkpoints")

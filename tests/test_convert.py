@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import REPO_ROOT, tiny_config
+from hf_testlib import T5_1_0, T5_1_1, batch, hf_model, hf_state, relative_error
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from test_model_parity import T5_1_0, T5_1_1, batch, hf_model, hf_state, relative_error
+from testlib import REPO_ROOT, tiny_config
 
-from t5pipe import checkpoints, cli, convert, hf_mapping
+from t5pipe import checkpoint_format, cli
+from t5pipe.hf import t5 as hf_mapping
+from t5pipe.hf import tensor_io, tokenizers
 from t5pipe.model import T5, shift_right
 
 # T5's real vocabulary (32000 pieces + 100 extra ids) needs 32128 embedding rows.
@@ -67,8 +69,8 @@ def hf_logits(hf, enc, enc_mask, dec_in):
 
 def assert_checkpoint_matches_hf(ckpt, hf):
     """The checkpoint's params, run by t5pipe, give HF's logits on a padded batch."""
-    config = checkpoints.load_model_config(ckpt)
-    params = checkpoints.load_params(ckpt)
+    config = checkpoint_format.load_model_config(ckpt)
+    params = checkpoint_format.load_params(ckpt)
     enc, targets, enc_mask, dec_mask = batch(config.vocab_size)
     dec_in = np.asarray(shift_right(jnp.asarray(targets)))
     ours = T5(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec_in))
@@ -89,9 +91,9 @@ def test_import_matches_transformers_and_export_round_trips_bit_exact(
     assert run_convert("--from_hf", folder, "--out", ckpt) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(ckpt)
 
-    config = checkpoints.load_model_config(ckpt)
+    config = checkpoint_format.load_model_config(ckpt)
     assert config == family_config(family).replace(dropout_rate=0.0)
-    vocab = checkpoints.load_vocabulary(ckpt)
+    vocab = checkpoint_format.load_vocabulary(ckpt)
     assert vocab.vocab_size == 32100 and vocab.encode("Hello world") == [8774, 296]
     assert_checkpoint_matches_hf(ckpt, hf)
 
@@ -129,7 +131,7 @@ def test_sharded_safetensors_are_read_one_shard_at_a_time(
     assert len(shards) > 3 and (folder / "model.safetensors.index.json").is_file()
 
     opened, open_now, most_open = [], [0], [0]
-    real_reader = convert._read_safetensors
+    real_reader = tensor_io.read_safetensors
 
     def counting_reader(path):
         """The reader holds its file open from first tensor to last."""
@@ -139,7 +141,7 @@ def test_sharded_safetensors_are_read_one_shard_at_a_time(
         yield from real_reader(path)
         open_now[0] -= 1
 
-    monkeypatch.setattr(convert, "_read_safetensors", counting_reader)
+    monkeypatch.setattr(tensor_io, "read_safetensors", counting_reader)
     ckpt = tmp_path / "ckpt"
     assert run_convert("--from_hf", folder, "--out", ckpt) == 0
     assert sorted(opened) == [s.name for s in shards] and most_open[0] == 1
@@ -163,7 +165,7 @@ def test_pytorch_bin_with_legacy_tensor_imports(hf_folders, tmp_path, spm_path):
     assert_checkpoint_matches_hf(ckpt, hf)
     # Self-describing: the vocabulary survives the Hugging Face folder.
     shutil.rmtree(folder)
-    vocab = checkpoints.load_vocabulary(ckpt)
+    vocab = checkpoint_format.load_vocabulary(ckpt)
     assert vocab.vocab_size == 32100 and vocab.encode("Hello <extra_id_0>") == [8774, 32099]
 
 
@@ -171,9 +173,9 @@ def test_scanned_import_and_export(hf_folders, tmp_path):
     hf, folder = hf_folders["t5_1_1"]
     ckpt, exported = tmp_path / "ckpt", tmp_path / "exported"
     assert run_convert("--from_hf", folder, "--out", ckpt, "--scan_layers", "--dtype=bfloat16") == 0
-    config = checkpoints.load_model_config(ckpt)
+    config = checkpoint_format.load_model_config(ckpt)
     assert config.scan_layers and config.dtype == "bfloat16"
-    params = checkpoints.load_params(ckpt)
+    params = checkpoint_format.load_params(ckpt)
     unscanned = config.replace(scan_layers=False)
     unscanned_params = hf_mapping.params_from_hf(hf_state(hf).items(), unscanned)
     expected = hf_mapping.scan_layout(unscanned_params, unscanned)
@@ -218,7 +220,7 @@ def test_byte_vocabulary_round_trip(tmp_path):
     )
     ckpt, exported = tmp_path / "ckpt", tmp_path / "exported"
     assert run_convert("--from_hf", folder, "--out", ckpt) == 0
-    vocab = checkpoints.load_vocabulary(ckpt)
+    vocab = checkpoint_format.load_vocabulary(ckpt)
     assert vocab.encode("Hëllo") == list(np.frombuffer("Hëllo".encode(), np.uint8) + 3)
     assert_checkpoint_matches_hf(ckpt, hf)
 
@@ -244,8 +246,8 @@ def test_mt5_folder_imports(tmp_path, spm_path):
     assert json.loads((folder / "config.json").read_text())["model_type"] == "mt5"
     ckpt = tmp_path / "ckpt"
     assert run_convert("--from_hf", folder, "--out", ckpt) == 0
-    assert not checkpoints.load_model_config(ckpt).tie_word_embeddings
-    assert checkpoints.load_vocabulary(ckpt).vocab_size == 32000
+    assert not checkpoint_format.load_model_config(ckpt).tie_word_embeddings
+    assert checkpoint_format.load_vocabulary(ckpt).vocab_size == 32000
     assert_checkpoint_matches_hf(ckpt, hf)
 
 
@@ -256,17 +258,17 @@ def test_vocabulary_detection(tmp_path, spm_path):
     folder.mkdir()
     shutil.copy(spm_path, folder / "spiece.model")
     t5 = tiny_config(vocab_size=VOCAB_ROWS)
-    assert convert.detect_vocabulary(folder, t5).extra_ids == 100
-    assert convert.detect_vocabulary(folder, tiny_config(vocab_size=32064)).extra_ids == 0
+    assert tokenizers.detect_vocabulary(folder, t5).extra_ids == 100
+    assert tokenizers.detect_vocabulary(folder, tiny_config(vocab_size=32064)).extra_ids == 0
     (folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0}))
-    assert convert.detect_vocabulary(folder, t5).extra_ids == 0
-    assert convert.detect_vocabulary(folder, t5, extra_ids=7).vocab_size == 32007
-    assert convert.detect_vocabulary(folder, t5, vocab="byte").vocab_size == 259
-    with pytest.raises(convert.ConversionError, match="only 128 rows"):
-        convert.detect_vocabulary(folder, tiny_config())
+    assert tokenizers.detect_vocabulary(folder, t5).extra_ids == 0
+    assert tokenizers.detect_vocabulary(folder, t5, extra_ids=7).vocab_size == 32007
+    assert tokenizers.detect_vocabulary(folder, t5, vocab="byte").vocab_size == 259
+    with pytest.raises(tensor_io.ConversionError, match="only 128 rows"):
+        tokenizers.detect_vocabulary(folder, tiny_config())
     (folder / "spiece.model").unlink()
-    with pytest.raises(convert.ConversionError, match="no spiece.model.*--vocab"):
-        convert.detect_vocabulary(folder, t5)
+    with pytest.raises(tensor_io.ConversionError, match="no spiece.model.*--vocab"):
+        tokenizers.detect_vocabulary(folder, t5)
 
 
 def test_clear_errors(hf_folders, tmp_path, capsys):
@@ -339,7 +341,7 @@ def test_gin_flags_set_runtime_fields_and_must_agree_on_shapes(hf_folders, tmp_p
             )
             == 0
         )
-        config = checkpoints.load_model_config(ckpt)
+        config = checkpoint_format.load_model_config(ckpt)
         assert (config.dtype, config.remat_policy, config.d_model) == ("bfloat16", "full", 32)
 
         gin.clear_config()
@@ -367,10 +369,10 @@ def test_existing_output_is_never_destroyed(hf_folders, tmp_path, capsys):
     assert run_convert("--from_hf", folder, "--out", ckpt) == 0
     assert run_convert("--from_hf", other, "--out", ckpt) == 2
     assert "already holds a checkpoint; pass --overwrite" in capsys.readouterr().err
-    assert checkpoints.load_model_config(ckpt).feed_forward_proj == "relu"
+    assert checkpoint_format.load_model_config(ckpt).feed_forward_proj == "relu"
 
     assert run_convert("--from_hf", other, "--out", ckpt, "--overwrite") == 0
-    assert checkpoints.load_model_config(ckpt).feed_forward_proj == "gated-gelu"
+    assert checkpoint_format.load_model_config(ckpt).feed_forward_proj == "gated-gelu"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging left over
 
     notes = tmp_path / "notes"
@@ -404,4 +406,4 @@ def test_console_entry_runs_as_a_subprocess(hf_folders, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(ckpt)
     assert "reading model.safetensors (1/1)" in done.stderr
-    assert checkpoints.is_checkpoint(ckpt)
+    assert checkpoint_format.is_checkpoint(ckpt)

@@ -15,16 +15,18 @@ import jax
 import numpy as np
 import pytest
 import seqio
-from conftest import shared_data_dir, tiny_config
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from testlib import shared_data_dir, tiny_config
 
 os.environ.setdefault("T5PIPE_GLUE_DIR", str(shared_data_dir() / "glue"))
 os.environ.setdefault("T5PIPE_SQUAD_DIR", str(shared_data_dir() / "squad"))
 os.environ.setdefault("T5PIPE_VOCAB", str(shared_data_dir() / "vocab" / "t5_spiece.model"))
 
+from testlib import command_error  # noqa: E402
+
 import t5pipe.tasks  # noqa: E402, F401
-from t5pipe import evaluate  # noqa: E402
-from t5pipe.checkpoints import save_checkpoint  # noqa: E402
+from t5pipe import cli, evaluation, inference  # noqa: E402
+from t5pipe.checkpoint_format import save_checkpoint  # noqa: E402
 from t5pipe.model import init_params  # noqa: E402
 
 RTE_SQUAD = "test_eval_rte_and_squad"
@@ -42,6 +44,10 @@ def checkpoint(tmp_path_factory, spm_path):
     params = init_params(config, jax.random.PRNGKey(0))
     save_checkpoint(path, {"params": params}, config, seqio.SentencePieceVocabulary(spm_path))
     return path
+
+
+def run_eval(argv):
+    return cli.main(["eval", *argv])
 
 
 def read_jsonl(path):
@@ -83,7 +89,7 @@ def test_eval_command_writes_metrics_that_recompute_from_predictions(checkpoint,
         "--batch_size",
         "8",
     ]
-    assert evaluate.main(argv) == 0
+    assert run_eval(argv) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"glue_rte_v002", "squad_v010_allanswers", "glue_average"}
@@ -95,7 +101,7 @@ def test_eval_command_writes_metrics_that_recompute_from_predictions(checkpoint,
     task = seqio.get_mixture_or_task("glue_rte_v002")
     targets = [row["targets_postprocessed"] for row in rte]
     predictions = [row["prediction_postprocessed"] for row in rte]
-    assert metrics["glue_rte_v002"] == evaluate.compute_metrics(task, targets, predictions)
+    assert metrics["glue_rte_v002"] == evaluation.compute_metrics(task, targets, predictions)
     # Independently: labels from the raw texts, accuracy by sklearn (T5 reports percent).
     gold = [rte_label(row["targets"]) for row in rte]
     predicted = [rte_label(row["prediction"]) for row in rte]
@@ -111,7 +117,9 @@ def test_eval_command_writes_metrics_that_recompute_from_predictions(checkpoint,
     task = seqio.get_mixture_or_task("squad_v010_allanswers")
     answers = [row["targets_postprocessed"] for row in squad]
     predictions = [row["prediction_postprocessed"] for row in squad]
-    assert metrics["squad_v010_allanswers"] == evaluate.compute_metrics(task, answers, predictions)
+    assert metrics["squad_v010_allanswers"] == evaluation.compute_metrics(
+        task, answers, predictions
+    )
     em = np.mean(
         [
             max(normalize_answer(row["prediction"]) == normalize_answer(a) for a in row_answers)
@@ -143,7 +151,7 @@ def test_rank_classification_eval_and_per_class_table(checkpoint, tmp_path, caps
         "16",
         "--gin.EvalOptions.rank_classification=True",
     ]
-    assert evaluate.main(argv) == 0
+    assert run_eval(argv) == 0
     printed = capsys.readouterr().out
     rows = read_jsonl(out / "glue_rte_v002.predictions.jsonl")
     # Every prediction is one of the task's labels: no invalid outputs with ranking.
@@ -198,13 +206,13 @@ def test_model_dir_latest_or_every_checkpoint(checkpoint, tmp_path, capsys, spm_
         "--gin.BATCH_SIZE=8",
         "--max_examples=4",
     ]
-    assert evaluate.main(with_gin) == 0
+    assert run_eval(with_gin) == 0
     latest = model_dir / "eval"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(latest)
     assert (latest / "metrics.json").exists() and not (latest / "step_100").exists()
 
     every = tmp_path / "every"
-    assert evaluate.main([*common, "--all_checkpoints", "--output_dir", str(every)]) == 0
+    assert run_eval([*common, "--all_checkpoints", "--output_dir", str(every)]) == 0
     for step in (100, 200):
         assert "glue_rte_v002" in json.loads((every / f"step_{step}" / "metrics.json").read_text())
     assert list(every.glob("events.out.tfevents.*"))
@@ -219,8 +227,62 @@ def test_errors_name_what_is_wrong(checkpoint, tmp_path, capsys):
         "--output_dir",
         str(tmp_path),
     ]
-    assert evaluate.main(argv) == 2
-    assert "unknown task or mixture 'no_such_task'" in capsys.readouterr().err
+    assert run_eval(argv) == 2
+    err = capsys.readouterr().err
+    assert "MIXTURE_OR_TASK_NAME='no_such_task' is not a registered seqio task" in err
+    assert "t5pipe tasks list" in err
+    argv[3] = "glue_rte_v02"
+    assert run_eval(argv) == 2
+    assert "did you mean: glue_rte_v002" in capsys.readouterr().err
     argv = ["--checkpoint", str(tmp_path / "missing"), "--task", "glue_rte_v002"]
-    assert evaluate.main(argv) == 2
+    assert run_eval(argv) == 2
     assert "is not a t5pipe checkpoint" in capsys.readouterr().err
+
+
+def test_decoded_inputs_are_cut_by_seqio_keeping_eos(checkpoint, tmp_path, monkeypatch):
+    """With TASK_FEATURE_LENGTHS inputs 24, decoding sees at most 24 tokens per example, and
+    an example that was cut still ends in EOS (as training and teacher-forced eval see it)."""
+    fed = []
+    make_decode_fn = inference.make_decode_fn
+
+    def recording(config, options, mesh=None, rules=None):
+        decode = make_decode_fn(config, options, mesh, rules)
+
+        def run(params, encoder_tokens, rng=None):
+            fed.append(np.asarray(encoder_tokens))
+            return decode(params, encoder_tokens, rng)
+
+        return run
+
+    monkeypatch.setattr(inference, "make_decode_fn", recording)
+    argv = [
+        "--checkpoint", str(checkpoint), "--task", "glue_rte_v002", "--output_dir",
+        str(tmp_path / "out"), "--max_examples", "8", "--batch_size", "8",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
+        "--gin_file=runs/eval.gin",
+    ]  # fmt: skip
+    assert run_eval(argv) == 0
+    rows = np.concatenate(fed)
+    assert rows.shape[1] <= 24
+    lengths = (rows != 0).sum(axis=1)
+    assert lengths.max() == 24  # RTE inputs are longer: every one was cut
+    for row, length in zip(rows, lengths, strict=True):
+        assert row[length - 1] == 1  # EOS kept as the last token
+
+
+def test_eval_checkpoint_flag_conflicts_with_gin(model_dir, tmp_path, capsys):
+    checkpoint = model_dir / "checkpoints" / "10"
+    message = command_error(
+        "eval",
+        model_dir,
+        "--gin_file=runs/eval.gin",
+        f"--checkpoint={checkpoint}",
+        "--gin.CHECKPOINT_PATH=/somewhere/else",
+        "--task=builtin_reverse_v001",
+        f"--output_dir={tmp_path / 'eval'}",
+        capsys=capsys,
+    )
+    assert f"conflicting settings: --checkpoint {checkpoint} but gin sets CHECKPOINT_PATH" in (
+        message
+    )
+    assert "/somewhere/else" in message

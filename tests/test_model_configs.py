@@ -1,6 +1,5 @@
 """Every shipped model gin file builds a config whose shapes match the published checkpoints."""
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -32,14 +31,7 @@ SIZES = {
 
 
 def config_from_gin(name: str) -> T5Config:
-    gin_setup.register_configurables()
-    gin.clear_config()
-    gin.add_config_file_search_path(gin_setup.gin_configs_dir())
-    try:
-        gin.parse_config_file(f"models/{name}.gin")
-        return T5Config()
-    finally:
-        gin.clear_config()
+    return gin_setup.model_config_from_gin([f"models/{name}.gin"])
 
 
 def count_params(config: T5Config) -> int:
@@ -52,7 +44,12 @@ def count_params(config: T5Config) -> int:
 )
 def test_every_model_gin_file_parses(name):
     config = config_from_gin(name)
-    assert config.d_model > 0 and config.vocab_size in (32128, 250112, 384)
+    family = name.split("/")[0]
+    # T5 1.0 ties the output layer and uses ReLU; every later family has its own output
+    # layer and gated GELU. The vocabulary is the family's.
+    assert config.tie_word_embeddings == (family == "t5_1_0")
+    assert config.feed_forward_proj == ("relu" if family == "t5_1_0" else "gated-gelu")
+    assert config.vocab_size == {"mt5": 250112, "byt5": 384}.get(family, 32128)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_MILLIONS))

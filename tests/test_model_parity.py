@@ -6,47 +6,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import tiny_config
+from hf_testlib import T5_1_0, T5_1_1, batch, hf_model, hf_state, relative_error
+from testlib import tiny_config
 
-from t5pipe import hf_mapping
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.model import T5, init_params, relative_position_buckets, shift_right
-
-BATCH, ENC_LEN, DEC_LEN = 4, 13, 9
-ENC_LENGTHS = [13, 7, 10, 3]  # padding and different lengths
-DEC_LENGTHS = [9, 4, 6, 2]
-
-T5_1_0 = dict(feed_forward_proj="relu", tie_word_embeddings=True)
-T5_1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-
-
-def hf_model(config):
-    """A random-weight HF model with `config`'s shapes (untied output layer when asked)."""
-    torch.manual_seed(0)
-    hf = transformers.T5ForConditionalGeneration(
-        transformers.T5Config(**hf_mapping.t5config_to_hf(config))
-    ).eval()
-    if not config.tie_word_embeddings:
-        # transformers >= 5 ties the output layer at construction; T5.1.1 has its own.
-        hf.lm_head.weight = torch.nn.Parameter(torch.randn_like(hf.lm_head.weight) * 0.05)
-    return hf
-
-
-def hf_state(hf):
-    return {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-
-
-def batch(vocab_size, seed=0):
-    rng = np.random.default_rng(seed)
-    enc = rng.integers(2, vocab_size, (BATCH, ENC_LEN))
-    targets = rng.integers(2, vocab_size, (BATCH, DEC_LEN))
-    enc_mask = np.arange(ENC_LEN)[None] < np.array(ENC_LENGTHS)[:, None]
-    dec_mask = np.arange(DEC_LEN)[None] < np.array(DEC_LENGTHS)[:, None]
-    return enc * enc_mask, targets * dec_mask, enc_mask, dec_mask
-
-
-def relative_error(ours, ref, mask):
-    ours, ref = np.asarray(ours)[mask], np.asarray(ref)[mask]
-    return np.linalg.norm(ours - ref) / np.linalg.norm(ref)
 
 
 @pytest.mark.parametrize("family", [T5_1_0, T5_1_1], ids=["t5_1_0", "t5_1_1"])

@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from testlib import tiny_config
 from train_testlib import fixed_batch, jitted_step, make_state
 
 from t5pipe.model import T5

@@ -6,12 +6,14 @@ import pytest
 from train_testlib import FAST, train_in_process
 
 from t5pipe import peft
-from t5pipe.checkpoints import load_params
+from t5pipe.checkpoint_format import load_params
+from t5pipe.errors import UserInputError
+from t5pipe.pytrees import leaf_name
 
 
 def _flat(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {peft.param_path(p): np.asarray(x) for p, x in flat}
+    return {leaf_name(p): np.asarray(x) for p, x in flat}
 
 
 def test_frozen_parameters_bit_identical_and_stateless(tmp_path):
@@ -42,7 +44,7 @@ def test_frozen_parameters_bit_identical_and_stateless(tmp_path):
 
 def test_regex_matching_nothing_is_an_error():
     params = {"encoder": {"w": np.zeros(2)}, "decoder": {"w": np.zeros(2)}}
-    with pytest.raises(ValueError, match="matches no parameter.*encoder/w"):
+    with pytest.raises(UserInputError, match="matches no parameter.*encoder/w"):
         peft.trainable_labels(params, "^nothing$")
 
 
@@ -82,5 +84,5 @@ def test_prompt_tuning_changes_only_the_prompt(tmp_path):
     np.testing.assert_array_equal(
         again["encoder/encoder_norm/scale"], before["encoder/encoder_norm/scale"]
     )
-    with pytest.raises(ValueError, match=r"soft prompt of shape \(4, 64\) does not fit"):
+    with pytest.raises(UserInputError, match=r"soft prompt of shape \(4, 64\) does not fit"):
         peft.merge_prompt({"prompt": np.zeros((5, 64), np.float32)}, alone)

@@ -8,7 +8,7 @@ import time
 
 from train_testlib import read_metrics, run_train, subprocess_env, train_command
 
-from t5pipe import checkpointing
+from t5pipe import checkpoint_manager
 
 ARGS = (
     "--gin_file=runs/quickstart.gin",
@@ -51,8 +51,8 @@ def test_sigterm_saves_current_step_and_rerun_finishes(tmp_path):
     assert "preempted at step" in stderr and "rerun the same command" in stderr
     step = int(stderr.split("preempted at step ")[1].split(":")[0])
     assert step >= 20
-    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
-    assert checkpointing.is_complete(ckpt_dir / str(step)), sorted(ckpt_dir.iterdir())
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
+    assert checkpoint_manager.is_complete(ckpt_dir / str(step)), sorted(ckpt_dir.iterdir())
 
     # The same command (finishing sooner) resumes at that step.
     finish = step + 5
@@ -62,16 +62,16 @@ def test_sigterm_saves_current_step_and_rerun_finishes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"restored {ckpt_dir / str(step)}" in result.stdout
     assert _logged_steps(model_dir)[-5:] == list(range(step + 1, finish + 1))
-    assert checkpointing.is_complete(ckpt_dir / str(finish))
+    assert checkpoint_manager.is_complete(ckpt_dir / str(finish))
 
 
 # Runs `t5pipe train`, killing its own process (SIGKILL) right after the save of step 4
 # has started, i.e. while orbax is still writing it asynchronously.
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
-    from t5pipe import checkpointing, train
+    from t5pipe import checkpoint_manager, cli
 
-    real_save = checkpointing.save
+    real_save = checkpoint_manager.save
 
     def save_then_die(manager, state, meta, metrics=None):
         step = real_save(manager, state, meta, metrics)
@@ -79,8 +79,8 @@ KILL_DURING_SAVE = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return step
 
-    checkpointing.save = save_then_die
-    sys.exit(train.main(sys.argv[1:]))
+    checkpoint_manager.save = save_then_die
+    sys.exit(cli.main(["train", *sys.argv[1:]]))
 """)
 
 
@@ -102,9 +102,9 @@ def test_sigkill_during_save_restores_previous_checkpoint(tmp_path):
         timeout=600,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    ckpt_dir = checkpointing.checkpoints_dir(model_dir)
-    assert checkpointing.is_complete(ckpt_dir / "2")
-    assert not checkpointing.is_complete(ckpt_dir / "4")
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
+    assert checkpoint_manager.is_complete(ckpt_dir / "2")
+    assert not checkpoint_manager.is_complete(ckpt_dir / "4")
     leftovers = [p.name for p in ckpt_dir.iterdir() if p.name != "2"]
 
     result = run_train(args, cwd=tmp_path)

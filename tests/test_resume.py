@@ -5,7 +5,7 @@ import shutil
 import pytest
 from train_testlib import FAST, read_metrics, train_in_process
 
-from t5pipe import checkpointing
+from t5pipe import checkpoint_manager
 
 CASES = {
     "plain_task": ("--gin.MIXTURE_OR_TASK_NAME='builtin_reverse_v001'", "--gin.train.pack=False"),
@@ -28,8 +28,8 @@ def test_resumed_losses_are_bit_identical(tmp_path, case):
 
     # The run "interrupted" at k=3: only its checkpoint 3 exists; rerun to n=6.
     shutil.copytree(
-        checkpointing.checkpoints_dir(full_dir) / "3",
-        checkpointing.checkpoints_dir(resumed_dir) / "3",
+        checkpoint_manager.checkpoints_dir(full_dir) / "3",
+        checkpoint_manager.checkpoints_dir(resumed_dir) / "3",
     )
     train_in_process(resumed_dir, *args, "--gin.TRAIN_STEPS=6")
     resumed = {r["step"]: r["loss"] for r in read_metrics(resumed_dir)}

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import seqio
 import torch
-from conftest import tiny_config
-from test_model_parity import T5_1_0, T5_1_1, hf_model, hf_state
+from hf_testlib import T5_1_0, T5_1_1, hf_model, hf_state
+from testlib import tiny_config
 
-from t5pipe import hf_mapping
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.scoring import make_score_fn, rank_classification, score_texts
 
 

@@ -6,7 +6,7 @@ import seqio
 import tensorflow as tf
 
 import t5pipe.tasks  # noqa: F401 - registers the tasks
-from t5pipe import task_browser
+from t5pipe import cli
 from t5pipe.tasks import preprocessors, sources
 
 T5_NAMES = [
@@ -188,15 +188,15 @@ def test_missing_local_glue_file_says_where(tmp_path, monkeypatch):
     assert str(tmp_path) in str(error.value)
 
 
-def test_task_browser_list_and_show(data_dir, spm_path, monkeypatch, capsys):
+def test_tasks_command_list_and_show(data_dir, spm_path, monkeypatch, capsys):
     monkeypatch.setenv("T5PIPE_GLUE_DIR", str(data_dir / "glue"))
     monkeypatch.setenv("T5PIPE_VOCAB", spm_path)
-    assert task_browser.main(["list", "--filter", "glue_"]) == 0
+    assert cli.main(["tasks", "list", "--filter", "glue_"]) == 0
     listing = capsys.readouterr().out
     assert "glue_rte_v002" in listing and "TFDS glue/rte:2.0.0" in listing
     assert "glue_v002_proportional" in listing and "glue_mnli_v002:392702" in listing
 
-    assert task_browser.main(["show", "glue_rte_v002", "--split", "validation", "-n", "2"]) == 0
+    assert cli.main(["tasks", "show", "glue_rte_v002", "--split", "validation", "-n", "2"]) == 0
     shown = capsys.readouterr().out
     assert shown.count("=== glue_rte_v002 validation example") == 2
     assert "inputs (" in shown and "rte sentence1: Dana Reeve" in shown
@@ -205,7 +205,9 @@ def test_task_browser_list_and_show(data_dir, spm_path, monkeypatch, capsys):
     assert f"targets ({len(label_ids)} tokens): not_entailment" in shown
     assert f"targets ids: {label_ids}" in shown
 
-    assert task_browser.main(["show", "glue_qqp_v002", "--split", "train"]) == 1
-    assert "QQP/train.tsv not found" in capsys.readouterr().err
-    assert task_browser.main(["show", "glue_rte", "-n", "1"]) == 2
-    assert "did you mean glue_rte_v002" in capsys.readouterr().err
+    # Missing data and unknown names are the user's to fix: exit 2, one message.
+    assert cli.main(["tasks", "show", "glue_qqp_v002", "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "task glue_qqp_v002, split 'train'" in err and "QQP/train.tsv not found" in err
+    assert cli.main(["tasks", "show", "glue_rte", "-n", "1"]) == 2
+    assert "did you mean: glue_rte_v002" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import torch
 import transformers
 from train_testlib import read_metrics, train_in_process
 
-from t5pipe import hf_mapping
-from t5pipe.checkpoints import load_params
-from t5pipe.convert import import_hf
+from t5pipe.checkpoint_format import load_params
+from t5pipe.hf import t5 as hf_mapping
+from t5pipe.hf.convert import import_hf
 from t5pipe.model_config import T5Config
 
 SHAPES = dict(

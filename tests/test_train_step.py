@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from testlib import tiny_config
 from train_testlib import fixed_batch, jitted_step, make_state
 
 from t5pipe import train_step as train_step_module
@@ -67,18 +67,23 @@ def test_nonfinite_loss_leaves_state_unchanged_and_counts(monkeypatch):
     schedule = constant_schedule(1e-2)
     optimizer = adafactor(learning_rate=schedule)
     original = train_step_module.microbatch_loss
+    marker = config.vocab_size - 1  # a token only the poisoned batch holds
 
-    def poisoned(params, batch, factor, rng, step, **kwargs):
-        loss, aux = original(params, batch, factor, rng, step, **kwargs)
-        return loss * jnp.where(step == 1, jnp.nan, 1.0), aux
+    def poisoned(params, batch, factor, rng, **kwargs):
+        loss, aux = original(params, batch, factor, rng, **kwargs)
+        return loss * jnp.where(jnp.any(batch["encoder_input_tokens"] == marker), jnp.nan, 1.0), aux
 
     monkeypatch.setattr(train_step_module, "microbatch_loss", poisoned)
     step = jitted_step(T5(config), optimizer, schedule)
-    batch = fixed_batch(vocab=config.vocab_size)
+    batch = fixed_batch(vocab=marker)  # tokens in [2, marker)
+    bad_batch = {
+        **batch,
+        "encoder_input_tokens": batch["encoder_input_tokens"].at[0, 0].set(marker),
+    }
     state, metrics = step(make_state(config, optimizer), batch)
     assert not bool(metrics["nonfinite"])
     before = jax.tree.map(np.asarray, state)
-    state, metrics = step(state, batch)
+    state, metrics = step(state, bad_batch)
     assert bool(metrics["nonfinite"]) and int(state["skipped_steps"]) == 1
     assert int(state["step"]) == 2
     jax.tree.map(np.testing.assert_array_equal, state["params"], before["params"])

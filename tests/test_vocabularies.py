@@ -6,9 +6,11 @@ import pickle
 
 import pytest
 import seqio
+from testlib import train_error, write
 from transformers import T5Tokenizer
 
 from t5pipe import vocabularies
+from t5pipe.tasks import user_data
 
 # (folder, file, sentence columns); header=None for CoLA's headerless file.
 GLUE_SENTENCES = [
@@ -104,3 +106,38 @@ def test_vocabulary_specs_round_trip(spm_path, tmp_path, monkeypatch):
     assert byte_vocab.encode("hi") == [ord("h") + 3, ord("i") + 3]
     with pytest.raises(ValueError, match="unknown vocabulary kind"):
         vocabularies.vocabulary_from_spec({"kind": "wordpiece"})
+
+
+# ------------------------------------------------------------------ bad vocabularies
+
+
+def test_missing_vocabulary(model_dir, tmp_path, monkeypatch, capsys):
+    rows = write(tmp_path / "qa.tsv", "question\tanswer\nwho\tme\n")
+    user_data.supervised_task(  # T5's SentencePiece vocabulary, found through $T5PIPE_VOCAB
+        "bad_input_t5_vocab", {"train": str(rows)}, "q: {question}", "{answer}", overwrite=True
+    )
+    missing = tmp_path / "nowhere" / "spiece.model"
+    monkeypatch.setenv("T5PIPE_VOCAB", str(missing))
+    message = train_error(model_dir, "--gin.MIXTURE_OR_TASK_NAME=bad_input_t5_vocab", capsys=capsys)
+    assert f"the vocabulary file {missing} does not exist" in message
+    assert "T5PIPE_VOCAB=" in message and "t5_vocabulary.path" in message
+
+
+def test_unreadable_vocabulary(model_dir, tmp_path, capsys):
+    rows = write(tmp_path / "qa.tsv", "question\tanswer\nwho\tme\n")
+    user_data.supervised_task(
+        "bad_input_t5_vocab", {"train": str(rows)}, "q: {question}", "{answer}", overwrite=True
+    )
+    garbage = write(tmp_path / "spiece.model", b"this is not a sentencepiece model\n")
+    message = train_error(
+        model_dir,
+        "--gin.MIXTURE_OR_TASK_NAME=bad_input_t5_vocab",
+        f"--gin.t5_vocabulary.path={garbage}",
+        capsys=capsys,
+    )
+    assert f"the vocabulary file {garbage} cannot be read as a SentencePiece model" in message
+
+
+def test_vocabulary_larger_than_model(model_dir, capsys):
+    message = train_error(model_dir, "--gin.T5Config.vocab_size=200", capsys=capsys)
+    assert "the vocabulary has 259 ids but T5Config.vocab_size is 200" in message

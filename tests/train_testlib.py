@@ -12,11 +12,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from testlib import REPO_ROOT  # noqa: F401 (re-exported for the training tests)
 
 from t5pipe.model import init_params, shift_right
 from t5pipe.train_step import init_train_state, train_step
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def fixed_batch(batch=8, input_length=12, target_length=8, vocab=100, seed=0, pad_from=None):
@@ -84,10 +83,12 @@ def run_train(args, cwd, timeout=600, devices=1) -> subprocess.CompletedProcess:
 
 def train_in_process(model_dir, *bindings, gin_file="runs/quickstart.gin"):
     """`t5pipe train` inside this process (gin re-parsed); returns train()'s summary."""
-    from t5pipe.train import configure, train
+    from t5pipe import gin_setup
+    from t5pipe.commands.train import configure
+    from t5pipe.train import train
 
     configure([f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}", *bindings])
-    return train()
+    return gin_setup.call(train, "train")
 
 
 # Small and fast: a few steps of the quickstart's tiny model on the built-in task.

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from testlib import tiny_config
 
-from t5pipe import checkpoints, partitioning
+from t5pipe import checkpoint_format, partitioning
 from t5pipe.model import T5, abstract_params, init_params
 from t5pipe.vocabularies import byt5_vocabulary
 
@@ -89,7 +89,9 @@ def test_forward_pass_is_layout_independent(layout):
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
     config = tiny_config()
     params, _, _ = sharded_params(config, (8, 1, 1), seed=3)
-    checkpoints.save_checkpoint(tmp_path / "ckpt", {"params": params}, config, byt5_vocabulary())
+    checkpoint_format.save_checkpoint(
+        tmp_path / "ckpt", {"params": params}, config, byt5_vocabulary()
+    )
 
     _, specs = abstract_params(config)
     mesh = partitioning.create_mesh((2, 1, 4))
@@ -98,7 +100,7 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     target = jax.tree.map(
         lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
     )
-    restored = checkpoints.load_params(tmp_path / "ckpt", target)
+    restored = checkpoint_format.load_params(tmp_path / "ckpt", target)
     for original, back, sharding in zip(
         jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(shardings), strict=True
     ):

@@ -12,7 +12,7 @@ import functools
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from testlib import tiny_config
 
 from t5pipe import decoding, optimizers, partitioning
 from t5pipe.model import T5, abstract_params, init_params

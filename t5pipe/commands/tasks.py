@@ -12,14 +12,12 @@ Both take the common flags (--gin_file, --gin.NAME=VALUE, --tfds_data_dir, ...) 
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
-import os
 import sys
 
 import numpy as np
 
 from t5pipe import gin_setup
+from t5pipe.errors import UserInputError
 
 
 def main(argv: list[str]) -> int:
@@ -41,33 +39,26 @@ def main(argv: list[str]) -> int:
         sub.add_argument("--module", action="append", default=[], help="import to register tasks")
     args = parser.parse_args(argv)
 
-    gin_setup.register_configurables()
-    gin_setup.parse_gin(args, dot_bindings)
+    gin_setup.parse_command_gin(args, dot_bindings)
     import seqio
 
-    import t5pipe.tasks  # noqa: F401 - registers the built-in tasks
-    from t5pipe.tasks.sources import DataNotFoundError
+    from t5pipe.input_pipeline import import_task_modules
 
-    if args.module and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `--module my_tasks` for a my_tasks.py right here
-    for module in args.module:
-        importlib.import_module(module)
+    import_task_modules(args.module, "--module")
     if args.command == "list":
         return _list(seqio, args.filter)
-    try:
-        return _show(seqio, args)
-    except DataNotFoundError as error:
-        print(f"t5pipe tasks show {args.name}: {error}", file=sys.stderr)
-        return 1
+    return _show(seqio, args)
 
 
 def _list(seqio, name_filter: str) -> int:
     """One line per task (name, splits, source) and per mixture (name, task:rate, ...)."""
+    from t5pipe.tasks.sources import describe_source
+
     rows = [("name", "kind", "splits", "source")]
     for name in sorted(seqio.TaskRegistry.names()):
         if name_filter in name:
             task = seqio.get_mixture_or_task(name)
-            rows.append((name, "task", ",".join(task.splits), _describe_source(task.source)))
+            rows.append((name, "task", ",".join(task.splits), describe_source(task)))
     for name in sorted(seqio.MixtureRegistry.names()):
         if name_filter in name:
             mixture = seqio.get_mixture_or_task(name)
@@ -80,33 +71,25 @@ def _list(seqio, name_filter: str) -> int:
     return 0
 
 
-def _describe_source(source) -> str:
-    dataset_fn = getattr(source, "_dataset_fn", None)
-    return getattr(dataset_fn, "description", None) or type(source).__name__
-
-
 def _show(seqio, args) -> int:
-    registered = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()]
-    if args.name not in registered:
-        close = difflib.get_close_matches(args.name, registered, n=5)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (see `t5pipe tasks list`)"
-        print(f"t5pipe tasks show: no task or mixture {args.name!r}{hint}", file=sys.stderr)
-        return 2
-    provider = seqio.get_mixture_or_task(args.name)
+    from t5pipe.input_pipeline import data_error, get_task
+
+    provider = get_task(args.name, "t5pipe tasks show NAME")
     lengths = None
     if args.inputs_length or args.targets_length:
         lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
         lengths = {key: value for key, value in lengths.items() if value}
     if args.split not in provider.splits:
-        print(
-            f"t5pipe tasks show: {args.name} has no split {args.split!r} "
-            f"(it has {', '.join(provider.splits)})",
-            file=sys.stderr,
+        raise UserInputError(
+            f"{args.name} has no split {args.split!r} (it has {', '.join(provider.splits)})"
         )
-        return 2
-    dataset = provider.get_dataset(lengths, split=args.split, shuffle=False, seed=0)
+    try:
+        dataset = provider.get_dataset(lengths, split=args.split, shuffle=False, seed=0)
+        examples = list(dataset.take(args.num_examples).as_numpy_iterator())
+    except (UserInputError, ValueError, OSError) as error:
+        raise data_error(provider, args.split, error) from error
     features = provider.output_features
-    for index, example in enumerate(dataset.take(args.num_examples).as_numpy_iterator()):
+    for index, example in enumerate(examples):
         print(f"=== {args.name} {args.split} example {index}")
         for key in ("inputs", "targets"):
             if key not in example:

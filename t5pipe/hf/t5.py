@@ -1,7 +1,7 @@
 """Name and layout mapping between Hugging Face T5 state dicts and t5pipe parameters.
 
 Pure functions over numpy arrays, one tensor at a time, so that conversion can
-stream (see `t5pipe.convert` for the file formats and the command).
+stream (see `t5pipe.hf.convert` for the import/export driver).
 
 HF stores `torch.nn.Linear` weights as [out, in]; t5pipe keeps kernels as
 [in, ...out] with the head axis split out of attention projections:
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from t5pipe import pytrees
 from t5pipe.model_config import T5Config
 
 # HF config.json keys that map one-to-one onto T5Config fields.
@@ -74,6 +75,29 @@ def t5config_to_hf(config: T5Config) -> dict[str, Any]:
         scale_decoder_outputs=config.tie_word_embeddings,
     )
     return hf
+
+
+def hf_tensor_shape(name: str, config: T5Config) -> tuple[int, ...] | None:
+    """The shape Hugging Face gives tensor `name` for `config` (None: not a T5 tensor)."""
+    d, inner, heads = config.d_model, config.num_heads * config.d_kv, config.num_heads
+    if name in ("shared.weight", "lm_head.weight") or name.endswith("embed_tokens.weight"):
+        return (config.vocab_size, d)
+    if name.endswith("relative_attention_bias.weight"):
+        return (config.relative_attention_num_buckets, heads)
+    module = name.rsplit(".", 2)[-2]  # "q" in "...SelfAttention.q.weight"
+    shapes = {
+        "q": (inner, d),
+        "k": (inner, d),
+        "v": (inner, d),
+        "o": (d, inner),
+        "wi": (config.d_ff, d),
+        "wi_0": (config.d_ff, d),
+        "wi_1": (config.d_ff, d),
+        "wo": (d, config.d_ff),
+        "layer_norm": (d,),
+        "final_layer_norm": (d,),
+    }
+    return shapes.get(module)
 
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -192,34 +216,20 @@ def params_to_hf(params: dict, config: T5Config) -> Iterator[tuple[str, np.ndarr
         yield name, np.ascontiguousarray(to_hf(np.asarray(node)))
 
 
-def scan_layout(params: dict, config: T5Config) -> dict:
-    """Unscanned tree -> the `scan_layers` tree (each stack's `layers_<i>` stacked on axis 0)."""
-    import jax
+def scan_layout(params: dict, config: T5Config, *, in_place: bool = False) -> dict:
+    """Unscanned tree -> the `scan_layers` tree (each stack's `layers_<i>` stacked on axis 0).
 
-    out = dict(params)
-    for stack, n in (
-        ("encoder", config.num_encoder_layers),
-        ("decoder", config.num_decoder_layers),
-    ):
-        stack_params = dict(params[stack])
-        layers = [stack_params.pop(f"layers_{i}") for i in range(n)]
-        stack_params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-        out[stack] = stack_params
+    `in_place` frees each layer of `params` as it is copied (a conversion then holds one
+    layout, not two); otherwise `params` is left as it was."""
+    out = params if in_place else {**params, **{k: dict(params[k]) for k in ("encoder", "decoder")}}
+    pytrees.stack_layers(out["encoder"], config.num_encoder_layers)
+    pytrees.stack_layers(out["decoder"], config.num_decoder_layers)
     return out
 
 
 def unscan_layout(params: dict, config: T5Config) -> dict:
-    """Inverse of `scan_layout`."""
-    import jax
-
+    """Inverse of `scan_layout` (views of the stacked arrays, no copies)."""
     out = dict(params)
-    for stack, n in (
-        ("encoder", config.num_encoder_layers),
-        ("decoder", config.num_decoder_layers),
-    ):
-        stack_params = dict(params[stack])
-        layers = stack_params.pop("layers")
-        for i in range(n):
-            stack_params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
-        out[stack] = stack_params
+    out["encoder"] = pytrees.unstack_layers(params["encoder"], config.num_encoder_layers)
+    out["decoder"] = pytrees.unstack_layers(params["decoder"], config.num_decoder_layers)
     return out

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from t5pipe import checkpointing, partitioning
-from t5pipe.checkpoints import load_model_config, load_params
+from t5pipe import checkpoint_manager, partitioning
+from t5pipe.checkpoint_format import load_model_config, load_params
 from t5pipe.model import abstract_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_two_processes_train_with_the_one_process_losses(runs):
 def test_two_process_checkpoint_restores_in_one_process(runs):
     one, two = runs
     step_dir = two / "checkpoints" / "4"
-    assert checkpointing.is_complete(step_dir)
+    assert checkpoint_manager.is_complete(step_dir)
     config, on_data8 = restore_params(step_dir, (8, 1, 1))
     _, on_data2_model4 = restore_params(step_dir, (2, 1, 4))
     _, reference = restore_params(one / "checkpoints" / "4", (1, 8, 1))
@@ -198,17 +198,19 @@ def test_input_shards_fill_the_global_batch_in_shard_order():
     import seqio
 
     from t5pipe import input_pipeline
+    from t5pipe.errors import UserInputError
+    from t5pipe.input_pipeline import DataConfig
     from t5pipe.tasks.builtin import REVERSE_TASK
 
     mesh = partitioning.create_mesh((4, 1, 1), devices=jax.devices()[:4])
     sharding = partitioning.batch_sharding(mesh, partitioning.logical_axis_rules())
     lengths = {"inputs": 24, "targets": 12}
-    two_shards = next(
-        input_pipeline.train_batches(
-            REVERSE_TASK, lengths, 8, sharding=sharding, num_input_shards=2
-        )
-    )
-    one_shard = next(input_pipeline.train_batches(REVERSE_TASK, lengths, 8, sharding=sharding))
+
+    def data(shards=None):
+        return DataConfig(REVERSE_TASK, lengths, batch_size=8, input_shards=shards)
+
+    two_shards = next(input_pipeline.train_batches(data(2), sharding=sharding))
+    one_shard = next(input_pipeline.train_batches(data(), sharding=sharding))
     for index in range(2):  # what process `index` of a 2-process run reads
         expected = next(
             seqio.get_dataset(
@@ -227,7 +229,5 @@ def test_input_shards_fill_the_global_batch_in_shard_order():
         for name, rows in expected.items():
             np.testing.assert_array_equal(two_shards[name][4 * index : 4 * index + 4], rows)
     assert not np.array_equal(two_shards["encoder_input_tokens"], one_shard["encoder_input_tokens"])
-    with pytest.raises(ValueError, match=r"train.input_shards=3 does not fit BATCH_SIZE=8"):
-        input_pipeline.train_batches(
-            REVERSE_TASK, lengths, 8, sharding=sharding, num_input_shards=3
-        )
+    with pytest.raises(UserInputError, match=r"input_shards=3 does not fit BATCH_SIZE=8"):
+        input_pipeline.train_batches(data(3), sharding=sharding)

@@ -1,0 +1,64 @@
+"""`t5pipe infer`: decode inputs from a text file, stdin or a task split into JSONL.
+
+    t5pipe infer --checkpoint CKPT --input_file inputs.txt --output_file out.jsonl
+    echo "translate English to German: Hello" | t5pipe infer --checkpoint CKPT
+    t5pipe infer --checkpoint CKPT --task glue_rte_v002 --split validation --output_file out.jsonl
+    ... --gin.DecodingOptions.method="'beam'" --gin.DecodingOptions.num_decodes=4
+
+Text input: one input per line (blank lines are inputs too, so line i of the input is
+line i of the output). Each output line:
+    {"inputs": ..., "prediction": best decode (text),
+     "decodes": [{"text", "score", "log_prob"}, ...] best first}
+plus "targets" for task splits. Without --output_file, lines go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from t5pipe import distributed, gin_setup
+
+FLAGS = {
+    "checkpoint_path": "--checkpoint",
+    "input_file": "--input_file",
+    "output_file": "--output_file",
+    "mixture_or_task_name": "--task",
+    "split": "--split",
+    "max_examples": "--max_examples",
+    "batch_size": "--batch_size",
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="t5pipe infer", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", help="checkpoint folder (CHECKPOINT_PATH)")
+    parser.add_argument("--input_file", help="one input per line; '-' or absent: stdin")
+    parser.add_argument("--output_file", help="JSONL output; absent: stdout")
+    parser.add_argument("--task", help="decode a task split instead (MIXTURE_OR_TASK_NAME)")
+    parser.add_argument("--split", help="task split (default validation)")
+    parser.add_argument("--max_examples", type=int, help="only the first N examples of the split")
+    parser.add_argument("--batch_size", type=int, help="inputs per decoding batch")
+    gin_setup.add_gin_flags(parser)
+    distributed.add_distributed_flags(parser)
+    rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
+    args = parser.parse_args(rest)
+    distributed.initialize(args)
+    gin_setup.parse_command_gin(args, dot_bindings)
+    from t5pipe.decoding import DecodingOptions
+    from t5pipe.inference import infer
+
+    explicit = {
+        "checkpoint_path": args.checkpoint,
+        "input_file": args.input_file,
+        "output_file": args.output_file,
+        "mixture_or_task_name": args.task,
+        "split": args.split,
+        "max_examples": args.max_examples,
+        "batch_size": args.batch_size,
+        "decoding": DecodingOptions(),
+    }
+    count = gin_setup.call(infer, "infer", explicit, FLAGS)
+    where = f" into {args.output_file}" if args.output_file else ""
+    print(f"decoded {count} inputs{where}", file=sys.stderr)
+    return 0

@@ -1,0 +1,244 @@
+"""Running a loaded model on the host's data: what `t5pipe eval`, `t5pipe infer`, the
+trainer's evaluation and `t5pipe.api` share.
+
+    load_for_inference  (params placed on a mesh, config, vocabulary) from a checkpoint
+    global_batch        a host array (the same on every process) -> a sharded jax.Array
+    to_host             a (sharded) jax.Array -> the whole numpy array, on every process
+    predict_texts       decode texts -> [{"text", "score", "log_prob"}, ...] per input
+    infer               the `t5pipe infer` entry: inputs from a file/stdin/task -> JSONL
+
+Batches always hold a multiple of the mesh's data-parallel size
+(`partitioning.data_parallel_size`), padded with empty rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from t5pipe import checkpoint_format, partitioning
+from t5pipe.decoding import DecodingOptions, make_decode_fn
+from t5pipe.errors import UserInputError
+from t5pipe.model import abstract_params
+from t5pipe.model_config import T5Config
+from t5pipe.scoring import bucket_length, encode_texts, pad_batch
+
+
+def load_for_inference(path: str | Path, mesh, rules) -> tuple[Any, T5Config, seqio.Vocabulary]:
+    """(params placed on `mesh`, config, vocabulary) from a self-describing checkpoint.
+
+    Training-only settings (dropout, remat) are switched off.
+    """
+    config = checkpoint_format.load_model_config(path)
+    config = config.replace(dropout_rate=0.0, remat_policy="none")
+    shapes, specs = abstract_params(config)
+    target = partitioning.sharded_abstract(shapes, specs, mesh, rules)
+    params = checkpoint_format.load_params(path, target)
+    return params, config, checkpoint_format.load_vocabulary(path)
+
+
+def global_batch(array: np.ndarray, mesh, rules) -> jax.Array:
+    """Host array (the same on every process) -> a jax.Array split like activations' batch."""
+    if mesh is None:
+        return jax.numpy.asarray(array)
+    sharding = partitioning.batch_sharding(mesh, rules)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
+def decode_texts(vocabulary: seqio.Vocabulary, tokens: np.ndarray) -> list[str]:
+    """Token rows [n, length] -> texts, each cut at its first EOS."""
+    texts = []
+    for row in np.asarray(tokens):
+        ids = row.tolist()
+        if vocabulary.eos_id in ids:
+            ids = ids[: ids.index(vocabulary.eos_id)]
+        texts.append(vocabulary.decode([i for i in ids if i != 0]))
+    return texts
+
+
+def padded_length(rows: Sequence[Sequence[int]], limit: int | None = None) -> int:
+    """The length a batch of token rows is padded to: the next power of two of the longest
+    (few shapes, few compilations), but no longer than `limit` when every row fits it."""
+    longest = max(map(len, rows))
+    length = bucket_length(longest)
+    return min(length, max(limit, longest)) if limit is not None else length
+
+
+def decode_token_rows(
+    params,
+    config: T5Config,
+    rows: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    *,
+    batch_size: int,
+    mesh,
+    rules,
+    rng=None,
+    max_length: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Decodes encoder token rows (each already ending in EOS) batch by batch ->
+    (tokens [n, decodes, length], scores [n, decodes], log_probs [n, decodes]) per batch.
+
+    Each batch is padded to a power-of-two length (few shapes, few compilations), never
+    past `max_length`, and to a whole number of data-parallel rows.
+    """
+    rng = rng if rng is not None else jax.random.PRNGKey(0)
+    decode_fn = make_decode_fn(config, options, mesh, rules)
+    batch_size = partitioning.round_up(batch_size, partitioning.data_parallel_size(mesh, rules))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        length = padded_length(chunk, max_length)
+        batch = global_batch(pad_batch(chunk, length, batch_size), mesh, rules)
+        rng, key = jax.random.split(rng)
+        out = decode_fn(params, batch, key)
+        yield tuple(to_host(x)[: len(chunk)] for x in out)
+
+
+def predict_texts(
+    params,
+    config: T5Config,
+    vocabulary: seqio.Vocabulary,
+    inputs: Sequence[str],
+    options: DecodingOptions,
+    *,
+    batch_size: int = 32,
+    max_input_length: int = 512,
+    mesh=None,
+    rules=None,
+    rng=None,
+) -> list[list[dict[str, Any]]]:
+    """For each input text: its decodes [{"text", "score", "log_prob"}], best first.
+    Inputs longer than `max_input_length` tokens are cut, keeping EOS last."""
+    encoded = encode_texts(vocabulary, inputs, max_input_length)
+    results = []
+    for tokens, scores, log_probs in decode_token_rows(
+        params, config, encoded, options, batch_size=batch_size, mesh=mesh, rules=rules,
+        rng=rng, max_length=max_input_length,
+    ):  # fmt: skip
+        for i in range(len(tokens)):
+            texts = decode_texts(vocabulary, tokens[i])
+            results.append(
+                [
+                    {"text": text, "score": float(score), "log_prob": float(log_prob)}
+                    for text, score, log_prob in zip(texts, scores[i], log_probs[i], strict=True)
+                ]
+            )
+    return results
+
+
+# ----------------------------------------------------------------------------- t5pipe infer
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _text_inputs(input_file: str | None) -> Iterator[dict[str, Any]]:
+    if input_file in (None, "-"):
+        for line in sys.stdin:
+            yield {"inputs": line.rstrip("\n")}
+        return
+    from t5pipe.text_files import read_utf8
+
+    if not Path(input_file).is_file():
+        raise UserInputError(f"--input_file {input_file}: no such file")
+    text = read_utf8(input_file)  # a bad byte is reported before anything is decoded
+    for line in text.split("\n")[: -1 if text.endswith("\n") else None]:
+        yield {"inputs": line}
+
+
+def _task_inputs(task_name: str, split: str, max_examples: int | None) -> Iterator[dict[str, Any]]:
+    from t5pipe.eval_outputs import to_python
+    from t5pipe.input_pipeline import get_task, read_split
+
+    task = get_task(task_name)
+    if not isinstance(task, seqio.Task):
+        raise UserInputError(f"t5pipe infer --task needs a task, {task_name!r} is a mixture")
+    for example in read_split(task, split, None, max_examples):
+        yield {
+            "inputs": to_python(example["inputs_pretokenized"]),
+            "targets": to_python(example.get("targets_pretokenized", b"")),
+        }
+
+
+@gin.configurable
+def infer(
+    checkpoint_path: str = gin.REQUIRED,
+    input_file: str | None = None,
+    output_file: str | None = None,
+    mixture_or_task_name: str | None = None,
+    split: str = "validation",
+    max_examples: int | None = None,
+    batch_size: int = 32,
+    max_input_length: int = 512,
+    seed: int = 0,
+    mixture_or_task_module: str | None = None,
+    *,
+    decoding: DecodingOptions,
+) -> int:
+    """Decodes every input (file, stdin or task split) with `decoding` and writes JSONL;
+    returns the count."""
+    from t5pipe.input_pipeline import import_task_modules
+
+    import_task_modules(mixture_or_task_module, "MIXTURE_OR_TASK_MODULE")
+    if mixture_or_task_name and input_file:
+        raise UserInputError("t5pipe infer: give --input_file or --task, not both")
+    checkpoint = checkpoint_format.require_checkpoint(checkpoint_path, "--checkpoint")
+    if mixture_or_task_name:
+        records = list(_task_inputs(mixture_or_task_name, split, max_examples))
+    elif input_file in (None, "-"):
+        records = _text_inputs(None)  # stdin streams
+    else:
+        records = list(_text_inputs(input_file))  # read (and checked) before decoding
+    mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
+    params, config, vocabulary = load_for_inference(checkpoint, mesh, rules)
+    out = sys.stdout if output_file in (None, "-") else None
+    if out is None:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        out = open(output_file, "w", encoding="utf-8")  # noqa: SIM115
+    rng, count = jax.random.PRNGKey(seed), 0
+    try:
+        for chunk in _chunks(records, batch_size):
+            rng, key = jax.random.split(rng)
+            decodes = predict_texts(
+                params, config, vocabulary, [r["inputs"] for r in chunk], decoding,
+                batch_size=batch_size, max_input_length=max_input_length, mesh=mesh,
+                rules=rules, rng=key,
+            )  # fmt: skip
+            if jax.process_index() == 0:
+                for record, record_decodes in zip(chunk, decodes, strict=True):
+                    line = {
+                        **record,
+                        "prediction": record_decodes[0]["text"],
+                        "decodes": record_decodes,
+                    }
+                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                out.flush()
+            count += len(chunk)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return count

@@ -1,0 +1,136 @@
+"""A run's train state: its shapes and shardings, and where it starts from.
+
+    StateLayout    the abstract state (ShapeDtypeStructs carrying shardings) and shardings
+    plan_start     resume from MODEL_DIR's latest checkpoint, start from
+                   INITIAL_CHECKPOINT_PATH, or start fresh; each checkpoint is checked
+                   against the model before anything is written
+    start_state    the state that plan says: restored, or initialised (then the initial
+                   checkpoint's parameters and a saved prompt swapped in)
+
+The state itself is the plain dict of `t5pipe.train_step` (step, params, opt_state,
+rng, skipped_steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+from t5pipe import checkpoint_format, checkpoint_manager, partitioning, peft
+from t5pipe.checkpoint_manager import CheckpointConfig
+from t5pipe.model import abstract_params, init_params
+from t5pipe.model_config import T5Config
+from t5pipe.train_step import init_train_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """abstract: the state as ShapeDtypeStructs with shardings (what orbax restores into);
+    shardings: its NamedShardings; param_specs: the parameters' logical PartitionSpecs."""
+
+    abstract: Any
+    shardings: Any
+    param_specs: Any
+
+
+def state_layout(
+    config: T5Config, optimizer: optax.GradientTransformation, seed: int, mesh, rules
+) -> StateLayout:
+    """Params by their logical specs; optimizer leaves derived from their parameter's
+    (`partitioning.state_logical_specs`); counters and rng replicated."""
+    _, param_specs = abstract_params(config)
+    shapes = jax.eval_shape(_init_fn(config, optimizer, seed), jax.random.PRNGKey(seed))
+    specs = partitioning.state_logical_specs(shapes, shapes["params"], param_specs)
+    shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+    abstract = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        shapes,
+        shardings,
+    )
+    return StateLayout(abstract, shardings, param_specs)
+
+
+def _init_fn(config: T5Config, optimizer: optax.GradientTransformation, seed: int):
+    return lambda rng: init_train_state(init_params(config, rng), optimizer, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run's state comes from: 'resume' (MODEL_DIR's latest checkpoint),
+    'initial' (INITIAL_CHECKPOINT_PATH's parameters) or 'fresh'."""
+
+    kind: str
+    path: Path | None = None
+    fit: checkpoint_format.Fit | None = None
+
+
+def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Config) -> Start:
+    """Decides where the state comes from and checks that checkpoint against the model
+    config (every parameter present, same shapes) before anything is written."""
+    shapes, _ = abstract_params(config)
+    latest = checkpoint_manager.latest_checkpoint(model_dir)
+    initial = checkpoint.initial_checkpoint_path
+    if latest is not None:
+        if initial:
+            log.warning(
+                "INITIAL_CHECKPOINT_PATH=%s is ignored: MODEL_DIR already has checkpoint %s, "
+                "and training resumes from it (use a new MODEL_DIR to start from %s)",
+                initial, latest, initial,
+            )  # fmt: skip
+        fit = checkpoint_format.check_fits(
+            latest, shapes, config, f"MODEL_DIR={model_dir} (resuming from its latest checkpoint)"
+        )
+        return Start("resume", Path(latest), fit)
+    if initial:
+        fit = checkpoint_format.check_fits(
+            initial,
+            shapes,
+            config,
+            f"INITIAL_CHECKPOINT_PATH={initial}",
+            allow_missing=checkpoint.allow_partial_initial_checkpoint,
+            allow_unexpected=True,
+        )
+        return Start("initial", Path(initial), fit)
+    return Start("fresh")
+
+
+def start_state(
+    start: Start,
+    layout: StateLayout,
+    config: T5Config,
+    optimizer: optax.GradientTransformation,
+    seed: int,
+    manager,
+    checkpoint: CheckpointConfig,
+    say=print,
+) -> dict[str, Any]:
+    """The state `start` describes, placed like `layout`."""
+    if start.kind == "resume":
+        state = checkpoint_manager.restore(manager, int(start.path.name), layout.abstract)
+        say(f"restored {start.path}")
+        return state
+    init = jax.jit(_init_fn(config, optimizer, seed), out_shardings=layout.shardings)
+    state = init(jax.random.PRNGKey(seed))
+    if start.kind == "initial":
+        for kind in ("missing", "unexpected"):
+            names = getattr(start.fit, kind)
+            if names:
+                say(f"initial checkpoint: {len(names)} {kind} parameter(s): " + ", ".join(names))
+        params = checkpoint_format.load_initial_params(
+            start.path, layout.abstract["params"], state["params"], start.fit
+        )
+        opt_init = jax.jit(optimizer.init, out_shardings=layout.shardings["opt_state"])
+        state = {**state, "params": params, "opt_state": opt_init(params)}
+    if checkpoint.initial_prompt_path:
+        params = peft.merge_prompt(
+            state["params"], peft.load_prompt(checkpoint.initial_prompt_path)
+        )
+        state = {**state, "params": jax.device_put(params, layout.shardings["params"])}
+    return state
