@@ -1,6 +1,6 @@
 """t5pipe: a T5 training pipeline on JAX/Flax, seqio and gin."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="t5pipe",
@@ -12,7 +12,13 @@ setup(
     # `tasks/` ships as `t5pipe.tasks` so that it cannot collide with another package.
     # gin/ ships as `t5pipe.gin_configs` so that it is on the gin search path
     # however t5pipe is installed (see t5pipe/gin_setup.py).
-    packages=["t5pipe", "t5pipe.tasks", "t5pipe.gin_configs"],
+    # Subpackages of t5pipe/ (commands, hf, ...) are found, so a new one ships without edits.
+    packages=[
+        "t5pipe",
+        *(f"t5pipe.{name}" for name in find_packages("t5pipe")),
+        "t5pipe.tasks",
+        "t5pipe.gin_configs",
+    ],
     package_dir={"t5pipe": "t5pipe", "t5pipe.tasks": "tasks", "t5pipe.gin_configs": "gin"},
     package_data={"t5pipe.gin_configs": ["*.gin", "*/*.gin", "*/*/*.gin"]},
     # Ranges installed and tested together (Python 3.11, CPU).
