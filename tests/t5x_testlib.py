@@ -165,3 +165,109 @@ def write_orbax_format(model_dir, state_dict, step, mesh=None):
     manager.wait_until_finished()
     manager.close()
     return os.path.join(model_dir, f"checkpoint_{step}")
+
+
+# ---------------------------------------------------------------------------
+# t5x's Adafactor (t5x/adafactor.py), re-implemented in numpy from its source
+
+
+def t5x_logical_axes(name, shape):
+    """The logical axes t5x's T5 networks give parameter `name` (scanned: `layers` at 1)."""
+    scanned = name.startswith(("encoder/encoder/", "decoder/decoder/"))
+    rank = len(shape) - scanned
+    if name.endswith("token_embedder/embedding"):
+        axes = ("vocab", "embed")
+    elif name.endswith("logits_dense/kernel"):
+        axes = ("embed", "vocab")
+    elif name.endswith("/scale"):
+        axes = ("embed",)
+    elif name.endswith("rel_embedding"):
+        axes = ("heads", "relpos_buckets")
+    elif name.endswith(("query/kernel", "key/kernel", "value/kernel")):
+        axes = ("embed", "joined_kv") if rank == 2 else ("embed", "heads", "kv")
+    elif name.endswith("out/kernel"):
+        axes = ("joined_kv", "embed") if rank == 2 else ("heads", "kv", "embed")
+    elif name.endswith("wo/kernel"):
+        axes = ("mlp", "embed")
+    else:
+        axes = ("embed", "mlp")
+    return axes[:1] + ("layers",) + axes[1:] if scanned else axes
+
+
+def t5x_factoring(name, shape, min_dim_size_to_factor=128):
+    """(row dims, column dims, batch dims) as t5x's Adafactor with
+    `standard_logical_factor_rules()` decides (the heuristic below rank 3 without a
+    `layers` axis); rows and columns empty: not factored. Batch dims are never averaged
+    over, factored or not."""
+    axes = t5x_logical_axes(name, shape)
+    if len(shape) <= 2 and "layers" not in axes:
+        order = np.argsort(shape)
+        if len(shape) < 2 or shape[order[-2]] < min_dim_size_to_factor:
+            return (), (), ()
+        return (int(order[-2]),), (int(order[-1]),), ()
+    rows = tuple(i for i, a in enumerate(axes) if a == "embed")
+    cols = tuple(i for i, a in enumerate(axes) if a in ("vocab", "mlp", "heads", "kv", "joined_kv"))
+    batch = tuple(i for i, a in enumerate(axes) if a == "layers")
+    if not (rows and cols):  # t5x: a rule without both marks no factoring
+        rows = cols = ()
+    return rows, cols, batch
+
+
+def t5x_init_state(name, shape, momentum):
+    rows, cols, _ = t5x_factoring(name, shape)
+    one = np.zeros((1,), np.float32)
+    state = {"v_row": one, "v_col": one, "v": one, "m": one}
+    if not rows:
+        state["v"] = np.zeros(shape, np.float32)
+    else:
+        state["v_row"] = np.zeros([n for i, n in enumerate(shape) if i not in cols], np.float32)
+        state["v_col"] = np.zeros([n for i, n in enumerate(shape) if i not in rows], np.float32)
+    if momentum is not None:
+        state["m"] = np.zeros(shape, np.float32)
+    return state
+
+
+def t5x_adafactor_step(name, param, grad, state, step, lr, momentum=None, decay_rate=0.8):
+    """One step of t5x's Adafactor for one parameter (T5 defaults: parameter scaling,
+    update clipping at 1, epsilon1 1e-30, epsilon2 1e-3) -> (new param, new state)."""
+    param, grad = np.asarray(param, np.float32), np.asarray(grad, np.float32)
+    rows, cols, batch = t5x_factoring(name, param.shape)
+    averaging = tuple(i for i in range(param.ndim) if i not in batch)
+    decay = np.float32(1.0 - (step + 1.0) ** -decay_rate)
+    mixing = np.float32(1.0) - decay
+    scale = np.maximum(np.sqrt(np.mean(param * param, axis=averaging, keepdims=True)), 1e-3)
+    grad_sqr = grad * grad + np.float32(1e-30)
+    new = dict(state)
+    if rows:
+        new["v_row"] = decay * state["v_row"] + mixing * np.mean(grad_sqr, axis=cols)
+        new["v_col"] = decay * state["v_col"] + mixing * np.mean(grad_sqr, axis=rows)
+        rows_in_v_row = tuple(r - sum(c < r for c in cols) for r in rows)
+        row_mean = np.mean(new["v_row"], axis=rows_in_v_row, keepdims=True)
+        y = (
+            grad
+            * np.expand_dims((new["v_row"] / row_mean) ** -0.5, cols)
+            * np.expand_dims(new["v_col"] ** -0.5, rows)
+        )
+    else:
+        new["v"] = decay * state["v"] + mixing * grad_sqr
+        y = grad * new["v"] ** -0.5
+    y = y / np.maximum(1.0, np.sqrt(np.mean(y * y, axis=averaging, keepdims=True)) / 1.0)
+    update = np.float32(lr) * scale * y
+    if momentum is not None:
+        new["m"] = momentum * state["m"] + (1.0 - momentum) * update
+        update = new["m"]
+    return (param - update).astype(np.float32), {
+        k: np.asarray(v, np.float32) for k, v in new.items()
+    }
+
+
+def flat_names(tree):
+    """{'a/b': leaf} of a nested dict."""
+    return {"/".join(path): value for path, value in _flat(tree)}
+
+
+def nest(flat):
+    tree = {}
+    for name, value in flat.items():
+        _set(tree, tuple(name.split("/")), value)
+    return tree
