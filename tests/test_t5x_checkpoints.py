@@ -265,6 +265,31 @@ def test_bad_input_is_named(models, tmp_path):
     assert (not_empty / "README").read_text() == "mine"
 
 
+def test_bfloat16_checkpoints_import_as_float32(models, tmp_path):
+    config, params, _ = models["t5_1_0"]
+    import ml_dtypes
+
+    halved = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), params)
+    t5xlib.write_t5x_format(tmp_path / "checkpoint_3", t5xlib.t5x_state_dict(halved, config, 3))
+    got, _ = convert.read_t5x_params(tmp_path, config)
+    assert_same_tree(got, jax.tree.map(lambda x: x.astype(np.float32), halved))
+
+
+def test_remote_paths_become_gcs_kvstore_specs():
+    """gs:// checkpoints are read through TensorStore's gcs driver (no network in CI:
+    only the specs are checked), and written with t5x's portable dummy bucket."""
+    from etils import epath
+
+    directory = epath.Path("gs://my-bucket/runs/t5/checkpoint_100")
+    assert checkpoints.kvstore_spec(directory, "target.encoder.encoder_norm.scale") == {
+        "driver": "gcs",
+        "bucket": "my-bucket",
+        "path": "runs/t5/checkpoint_100/target.encoder.encoder_norm.scale",
+    }
+    local = checkpoints.kvstore_spec(epath.Path("/ckpt/checkpoint_1"), "target.x")
+    assert local == {"driver": "file", "path": "/ckpt/checkpoint_1/target.x"}
+
+
 def test_t5x_and_t5_are_never_imported():
     # Everything above ran without them; a real t5x installed beside must stay unused.
     assert "t5x" not in sys.modules and "t5" not in sys.modules

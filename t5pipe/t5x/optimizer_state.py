@@ -391,3 +391,35 @@ def optax_state_from_t5x(
             "Adafactor state only carries over into an Adafactor (train.optimizer = @adafactor)"
         )
     return state
+
+
+def t5x_param_states_from_optax(opt_state, config: T5Config) -> dict[str, dict[str, np.ndarray]]:
+    """{t5x name: {v_row, v_col, v, m}} for `write_t5x_checkpoint`, from the state of an
+    Adafactor inside `factor_like_t5x` (whose statistics are already t5x's, by t5x name,
+    for the `t5x/examples/t5` layout). Without momentum, m is t5x's [1] placeholder."""
+    canonical = {entry.name for entry in _canonical_entries(config)}
+    found: dict[str, Any] = {}
+
+    def visit(node):
+        if isinstance(node, (optax.FactoredState, optax.EmaState)):
+            found.setdefault(type(node).__name__, node)
+        return node
+
+    jax.tree.map(visit, opt_state, is_leaf=lambda x: isinstance(x, _STATE_NODES))
+    factored = found.get("FactoredState")
+    if factored is None or not isinstance(factored.v, Mapping) or not canonical <= set(factored.v):
+        raise ValueError(
+            "the optimizer state holds no Adafactor statistics keyed by t5x names; wrap the "
+            "optimizer in factor_like_t5x to carry its state to t5x"
+        )
+    momentum = found.get("EmaState")
+    placeholder = np.zeros((1,), np.float32)
+    return {
+        name: {
+            "v_row": np.asarray(factored.v_row[name], np.float32),
+            "v_col": np.asarray(factored.v_col[name], np.float32),
+            "v": np.asarray(factored.v[name], np.float32),
+            "m": placeholder if momentum is None else np.asarray(momentum.ema[name], np.float32),
+        }
+        for name in sorted(canonical)
+    }
