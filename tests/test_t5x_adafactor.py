@@ -88,8 +88,7 @@ def test_first_update_after_import_is_t5xs(tmp_path, scanned_t5x, scan_layers, m
     if scan_layers:
         t5pipe_grads = hf_mapping.scan_layout(t5pipe_grads, config)
     updates, _ = tx.update(jax.tree.map(jnp.asarray, t5pipe_grads), opt_state, ours)
-    new = optax.apply_updates(jax.tree.map(jnp.asarray, ours), updates)
-    new = jax.tree.map(np.asarray, new)
+    new = jax.tree.map(np.asarray, optax.apply_updates(ours, updates))
     if scan_layers:
         new = hf_mapping.unscan_layout(new, config)
     got = t5xlib.flat_names(t5xlib.t5x_target(new, config, scanned_t5x))
@@ -141,3 +140,19 @@ def test_state_of_an_optimizer_without_adafactor_is_refused(tmp_path):
     t5xlib.write_t5x_format(tmp_path / "checkpoint_5", state_dict)
     with pytest.raises(Exception, match="no Adafactor statistics"):
         convert.read_t5x_optimizer_state(tmp_path, config, optimizers.adamw(1e-3), params)
+
+
+def test_factor_like_t5x_composes_with_frozen_parameters():
+    """Under jit (as in training) and inside peft's freeze_except (optax.multi_transform),
+    frozen leaves pass through t5x's view as optax MaskedNodes and keep zero updates."""
+    from t5pipe import peft
+
+    config = tiny_config(num_encoder_layers=1, num_decoder_layers=1, scan_layers=True)
+    params = spread(init_params(config, jax.random.PRNGKey(3)), seed=3)
+    inner = optimizer_state.factor_like_t5x(optimizers.adafactor(learning_rate=LR), config)
+    tx = peft.freeze_except(inner, params, "decoder/.*")
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    for path, update in jax.tree_util.tree_leaves_with_path(updates):
+        frozen = not jax.tree_util.keystr(path).startswith("['decoder']")
+        assert bool(jnp.all(update == 0)) == frozen, jax.tree_util.keystr(path)
