@@ -229,7 +229,7 @@ def test_detection(models, tmp_path):
     tf_dir = tmp_path / "tf"
     tf_dir.mkdir()
     (tf_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-0"\n')
-    for path in (ours, tmp_path / "empty", tmp_path / "missing", tf_dir):
+    for path in (ours, ours / "state", tmp_path / "empty", tmp_path / "missing", tf_dir):
         assert not is_t5x_checkpoint(path), path
     with pytest.raises(UserInputError, match="TensorFlow"):
         checkpoints.open_checkpoint(tf_dir)

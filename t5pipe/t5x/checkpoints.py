@@ -303,7 +303,11 @@ def open_checkpoint(
     path = _path(path)
     if path.name == MSGPACK_FILE and path.is_file():
         path = path.parent
-    if path.name == ORBAX_STATE_ITEM and (path / ORBAX_METADATA_FILE).exists():
+    if (
+        path.name == ORBAX_STATE_ITEM
+        and (path / ORBAX_METADATA_FILE).exists()
+        and not _is_t5pipe_checkpoint(path.parent)
+    ):
         return OrbaxCheckpoint(path.parent, path, orbax_batch_bytes)
     if not path.is_dir():
         raise UserInputError(f"{path}: no such t5x checkpoint folder")

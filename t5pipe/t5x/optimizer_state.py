@@ -318,7 +318,7 @@ def _fill_factored(node: optax.FactoredState, sources, config, canonical, step):
     def convert(keypath, v_row, v_col, v):
         del v_col
         keys = _keys(keypath)
-        if keys[0] == "prompt" or not keys:  # no t5x counterpart: fresh statistics
+        if not keys or keys[0] == "prompt":  # no t5x counterpart: fresh statistics
             return
         target = _Target(keys, config, canonical)
         if target.paths[0] not in sources.index:
