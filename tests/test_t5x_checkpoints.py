@@ -20,7 +20,7 @@ from test_model_parity import T5_1_0, T5_1_1, batch, hf_model, relative_error
 from t5pipe import checkpoints as t5pipe_checkpoints
 from t5pipe import hf_mapping
 from t5pipe.errors import UserInputError
-from t5pipe.model import T5, init_params, shift_right
+from t5pipe.model import T5, abstract_params, shift_right
 from t5pipe.t5x import checkpoints, convert, is_t5x_checkpoint
 
 FAMILIES = {"t5_1_1": T5_1_1, "t5_1_0": T5_1_0}
@@ -37,7 +37,7 @@ def spread_params(config, seed=0):
         std = 1.0 if "embedding" in name else 0.5 if "rel_" in name else x.shape[0] ** -0.5
         return (std * rng.normal(size=x.shape)).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, init_params(config, jax.random.PRNGKey(0)))
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(config)[0])
 
 
 @pytest.fixture(scope="module")
