@@ -275,6 +275,28 @@ def test_bfloat16_checkpoints_import_as_float32(models, tmp_path):
     assert_same_tree(got, jax.tree.map(lambda x: x.astype(np.float32), halved))
 
 
+def test_specs_with_the_path_outside_the_kvstore(models, tmp_path):
+    """Older tensorstore specs (and t5x's gs:// ones as built) name the folder in a
+    top-level "path" instead of kvstore.path."""
+    config, params, _ = models["t5_1_0"]
+    step_dir = t5xlib.write_t5x_format(
+        tmp_path / "checkpoint_5", t5xlib.t5x_state_dict(params, config, 5)
+    )
+    contents = serialization.msgpack_restore((step_dir / "checkpoint").read_bytes())
+
+    def legacy(tree):
+        for value in tree.values():
+            if isinstance(value, dict) and "kvstore" in value:
+                value["path"] = value["kvstore"].pop("path")
+            elif isinstance(value, dict):
+                legacy(value)
+
+    legacy(contents)
+    (step_dir / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
+    got, _ = convert.read_t5x_params(step_dir, config)
+    assert_same_tree(got, params)
+
+
 def test_remote_paths_become_gcs_kvstore_specs():
     """gs:// checkpoints are read through TensorStore's gcs driver (no network in CI:
     only the specs are checked), and written with t5x's portable dummy bucket."""

@@ -177,7 +177,10 @@ class MsgpackCheckpoint(T5xCheckpoint):
         import tensorstore as ts
 
         spec = {k: v for k, v in value.items() if k not in ("kvstore", "path", "metadata")}
-        relative = value["kvstore"]["path"] if "kvstore" in value else value["path"]
+        # The array's folder: kvstore.path (tensorstore >= 0.1.14), a top-level "path"
+        # (older specs, and t5x's gs:// specs before normalisation), or both joined.
+        parts = (value.get("kvstore", {}).get("path", ""), value.get("path", ""))
+        relative = "/".join(p.strip("/") for p in parts if p)
         spec["kvstore"] = kvstore_spec(self.directory, relative)
         # As t5x: chunking and compression are read from the array's own .zarray.
         spec["metadata"] = {"shape": list(self._shapes[name])}
