@@ -217,8 +217,8 @@ def write_t5x_checkpoint(
 
     `scanned=False` writes the `t5x/examples/t5` layout, `True` scalable_t5's scanned
     one. `param_states`: t5x Adafactor state by t5x parameter name (as
-    `read_t5x_param_states` returns it); without it t5x restores the parameters and
-    needs `RestoreCheckpointConfig.fallback_to_scratch` for the optimizer state.
+    `read_t5x_param_states` returns it, or `optimizer_state.t5x_param_states_from_optax`
+    makes it); without it the checkpoint holds the parameters and the step only.
     Locally the folder is written beside `path` and renamed into place when complete.
     """
     if config.prompt_length:
