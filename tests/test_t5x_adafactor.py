@@ -8,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 import t5x_testlib as t5xlib
-from conftest import tiny_config
+from testlib import tiny_config
 
-from t5pipe import hf_mapping, optimizers
+from t5pipe import optimizers
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.model import abstract_params
 from t5pipe.t5x import convert, optimizer_state
 

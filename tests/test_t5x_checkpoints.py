@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import t5x_testlib as t5xlib
 import torch
-from conftest import tiny_config
 from flax import serialization
 from jax.sharding import Mesh
 from test_model_parity import T5_1_0, T5_1_1, batch, hf_model, relative_error
+from testlib import tiny_config
 
-from t5pipe import checkpoints as t5pipe_checkpoints
-from t5pipe import hf_mapping
+from t5pipe import checkpoint_format as t5pipe_checkpoints
 from t5pipe.errors import UserInputError
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.model import T5, abstract_params, shift_right
 from t5pipe.t5x import checkpoints, convert, is_t5x_checkpoint
 
