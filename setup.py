@@ -44,8 +44,15 @@ setup(
         "tqdm>=4.70,<5",
     ],
     extras_require={
-        # Parity tests against Hugging Face; install torch as `torch==2.13.0` (CPU build).
-        "test": ["pytest>=9.2,<10", "ruff>=0.17,<0.18", "transformers>=5.23,<5.24"],
+        # Parity tests against Hugging Face (transformers, PEFT); install torch as
+        # `torch==2.13.0` (CPU build).
+        "test": [
+            "pytest>=9.2,<10",
+            "ruff>=0.17,<0.18",
+            "transformers>=5.23,<5.24",
+            "peft>=0.21.2,<0.22",
+            "accelerate>=1.15,<1.16",
+        ],
     },
     entry_points={"console_scripts": ["t5pipe=t5pipe.cli:main"]},
 )

@@ -40,6 +40,7 @@ import numpy as np
 
 from t5pipe.attention import dot_product_attention, mask_to_bias
 from t5pipe.model_config import T5Config
+from t5pipe.projection import dense
 
 _REMAT_POLICIES = {
     "full": None,
@@ -179,8 +180,9 @@ class MultiHeadAttention(nn.Module):
         heads, kv = cfg.num_heads, cfg.d_kv
 
         def project(name, x, stddev):
-            kernel = _param(self, name, stddev, (cfg.d_model, heads, kv), ("embed", "heads", "kv"))
-            y = jnp.einsum("ble,ehd->blhd", x.astype(dtype), kernel.astype(dtype))
+            shape, axes = (cfg.d_model, heads, kv), ("embed", "heads", "kv")
+            init = nn.initializers.normal(stddev)
+            y = dense(self, name, x, shape, axes, "ble,ehd->blhd", init, dtype)
             return _constrain(y, ("batch", "length", "heads", "kv"))
 
         # Mesh TF's initialisation folds the missing 1/sqrt(d_kv) into the query.
@@ -235,10 +237,9 @@ class MultiHeadAttention(nn.Module):
             implementation=cfg.attention_impl,
             kv_heads_major=kv_heads_major,
         )
-        out_kernel = _param(
-            self, "out", (heads * kv) ** -0.5, (heads, kv, cfg.d_model), ("heads", "kv", "embed")
-        )
-        out = jnp.einsum("blhd,hde->ble", out, out_kernel.astype(dtype))
+        out_init = nn.initializers.normal((heads * kv) ** -0.5)
+        out_shape, out_axes = (heads, kv, cfg.d_model), ("heads", "kv", "embed")
+        out = dense(self, "out", out, out_shape, out_axes, "blhd,hde->ble", out_init, dtype)
         return _constrain(out, ("batch", "length", "embed"))
 
 
@@ -255,16 +256,19 @@ class FeedForward(nn.Module):
         x = x.astype(dtype)
 
         def dense_in(name):
-            kernel = _param(
-                self, name, cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp")
+            init = nn.initializers.normal(cfg.d_model**-0.5)
+            y = dense(
+                self, name, x, (cfg.d_model, cfg.d_ff), ("embed", "mlp"), "ble,ef->blf", init, dtype
             )
-            return _constrain(x @ kernel.astype(dtype), ("batch", "length", "mlp"))
+            return _constrain(y, ("batch", "length", "mlp"))
 
         act = _activation(cfg.feed_forward_proj)
         hidden = act(dense_in("wi_0")) * dense_in("wi_1") if cfg.is_gated else act(dense_in("wi"))
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
-        wo = _param(self, "wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-        return _constrain(hidden @ wo.astype(dtype), ("batch", "length", "embed"))
+        wo_init = nn.initializers.normal(cfg.d_ff**-0.5)
+        shape, axes = (cfg.d_ff, cfg.d_model), ("mlp", "embed")
+        out = dense(self, "wo", hidden, shape, axes, "blf,fe->ble", wo_init, dtype)
+        return _constrain(out, ("batch", "length", "embed"))
 
 
 class EncoderLayer(nn.Module):

@@ -7,12 +7,16 @@ optimizer state. Prompt tuning (Lester et al. 2021) is the special case
 learned [prompt_length, embed] soft prompt to the encoder's input embeddings.
 
 Parameter paths are the '/'-joined keys, e.g. `encoder/layers_0/attention/query`
-or `prompt`; the regex is matched with `re.search`.
+or `prompt`; the regex is matched with `re.search`. LoRA adapters (t5pipe.lora) train
+with `freeze_except(..., lora.TRAINABLE)`.
+
+`initial_prompt` makes the starting prompt the three ways Lester et al. compare.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +90,59 @@ def merge_prompt(params: Any, prompt: np.ndarray) -> Any:
             "([prompt_length, d_model]); check T5Config.prompt_length and d_model"
         )
     return {**params, "prompt": jax.numpy.asarray(prompt, params["prompt"].dtype)}
+
+
+# ----------------------------------------------------------------------------- prompt init
+
+PROMPT_INITS = ("random_uniform", "sampled_vocab", "class_labels")
+
+
+def label_token_ids(vocabulary, labels: Sequence[str]) -> list[list[int]]:
+    """Each class label's token ids (no EOS), for `initial_prompt(..., "class_labels")`."""
+    ids = [list(vocabulary.encode(label)) for label in labels]
+    empty = [label for label, tokens in zip(labels, ids, strict=True) if not tokens]
+    if empty:
+        raise UserInputError(f"prompt init: class labels {empty} encode to no tokens")
+    return ids
+
+
+def initial_prompt(
+    method: str,
+    embedding: np.ndarray,
+    prompt_length: int,
+    seed: int = 0,
+    label_ids: Sequence[Sequence[int]] = (),
+    population_size: int = 5000,
+    uniform_range: float = 0.5,
+) -> np.ndarray:
+    """The starting soft prompt [prompt_length, embed] (float32), as Lester et al. 2021:
+
+    random_uniform: i.i.d. uniform in [-uniform_range, uniform_range] (paper: 0.5);
+    sampled_vocab:  rows of `embedding` [vocab, embed] drawn without replacement from
+                    the first `population_size` ids (T5's SentencePiece ids run from
+                    frequent to rare: the paper's "5,000 most common tokens");
+    class_labels:   row i is the mean embedding of class label i's tokens (`label_ids`,
+                    see `label_token_ids`); rows past the labels are sampled_vocab.
+    Deterministic in `seed`.
+    """
+    if method not in PROMPT_INITS:
+        raise UserInputError(f"prompt init {method!r}: expected one of {PROMPT_INITS}")
+    embedding = np.asarray(embedding, np.float32)
+    rng = np.random.default_rng(seed)
+    if method == "random_uniform":
+        shape = (prompt_length, embedding.shape[1])
+        return rng.uniform(-uniform_range, uniform_range, shape).astype(np.float32)
+    population = min(population_size, embedding.shape[0])
+    ids = rng.choice(population, prompt_length, replace=prompt_length > population)
+    prompt = embedding[ids]
+    if method == "class_labels":
+        if not label_ids:
+            raise UserInputError("prompt init 'class_labels' needs the class labels' token ids")
+        if len(label_ids) > prompt_length:
+            raise UserInputError(
+                f"prompt init 'class_labels': {len(label_ids)} labels do not fit in "
+                f"prompt_length={prompt_length}"
+            )
+        for row, tokens in enumerate(label_ids):
+            prompt[row] = embedding[np.asarray(tokens)].mean(axis=0)
+    return prompt

@@ -41,6 +41,7 @@ import tensorflow as tf
 from t5pipe.errors import UserInputError
 from t5pipe.tasks import metrics as metric_lib
 from t5pipe.tasks import postprocessors
+from t5pipe.tasks import templates as templating
 from t5pipe.tasks.features import t5_output_features, text_to_text_preprocessors
 from t5pipe.tasks.sources import DataNotFoundError, examples_source
 from t5pipe.tasks.span_corruption import (
@@ -81,14 +82,16 @@ TEXT_METRICS = {
 def supervised_task(
     name: str,
     files: Files,
-    inputs_template: str,
-    targets_template: str,
+    inputs_template: str | None = None,
+    targets_template: str | None = None,
     metrics: Sequence[str | Callable] = (),
     label_names: Sequence[str] | None = None,
     file_format: str | None = None,
     columns: Sequence[str] | None = None,
     vocabulary: seqio.Vocabulary | None = None,
     overwrite: bool = False,
+    templates: Sequence[templating.Template] = (),
+    template_rates: Sequence[float] = (),
 ) -> seqio.Task:
     """Registers a text-to-text task read from TSV or JSONL files.
 
@@ -101,11 +104,30 @@ def supervised_task(
       classification metrics, whose scores compare class ids (unknown text -> -1).
     file_format: "tsv" or "jsonl"; default from each file's suffix (.jsonl/.json -> jsonl).
     columns: names of the TSV columns when the files have no header row.
+    templates / template_rates: several `templating.Template`s instead of
+      inputs_template / targets_template; training samples among them by rate
+      (see t5pipe.tasks.templates), other splits use the first.
     """
     split_files = _split_files(files, name)
+    metric_fns, postprocess_fn = _metrics_and_postprocessor(name, metrics, label_names)
+    task_args = dict(
+        output_features=t5_output_features(vocabulary),
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
+    if templates:
+        if inputs_template is not None or targets_template is not None:
+            raise UserDataError(f"{name}: give templates or inputs/targets_template, not both")
+        template_set = templating.TemplateSet(tuple(templates), tuple(template_rates))
+        source = _rows_source(name, split_files, file_format, columns, template_set)
+        tail = text_to_text_preprocessors()
+        return templating.register_templated(
+            name, source, template_set, tail, overwrite, **task_args
+        )
+    if inputs_template is None or targets_template is None:
+        raise UserDataError(f"{name}: needs inputs_template and targets_template (or templates)")
     for template_name, template in (("inputs", inputs_template), ("targets", targets_template)):
         _template_fields(template, f"{name}: {template_name}_template")
-    metric_fns, postprocess_fn = _metrics_and_postprocessor(name, metrics, label_names)
 
     def read(split: str) -> list[dict[str, str]]:
         examples = []
@@ -124,10 +146,35 @@ def supervised_task(
         overwrite,
         source=examples_source(read, list(split_files), name, _describe(split_files)),
         preprocessors=text_to_text_preprocessors(),
-        output_features=t5_output_features(vocabulary),
-        postprocess_fn=postprocess_fn,
-        metric_fns=metric_fns,
+        **task_args,
     )
+
+
+def _rows_source(name, split_files, file_format, columns, template_set):
+    """A source of the files' rows as they are (every field as text), for templates."""
+    used = {
+        field
+        for i, template in enumerate(template_set.templates)
+        for part in (template.inputs, template.targets)
+        for field in templating.template_fields(part, f"{name}: template {i}")
+    }
+
+    def read(split: str) -> list[dict[str, str]]:
+        rows, fields = [], None
+        for path in _expand(split_files[split], name, split):
+            for where, row in _read_rows(path, file_format, columns):
+                row = {key: _as_text(value) for key, value in row.items()}
+                fields = fields or set(row)
+                missing = sorted((used | fields) - set(row))
+                if missing:
+                    raise UserDataError(
+                        f"{where}: the row lacks field(s) {missing} that the templates or "
+                        f"the first row have (fields: {', '.join(row)})"
+                    )
+                rows.append({key: row[key] for key in sorted(fields)})
+        return rows
+
+    return examples_source(read, list(split_files), name, _describe(split_files))
 
 
 def text_pretraining_task(

@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 import pytest
+import sentencepiece
+import seqio
 from train_testlib import FAST, train_in_process
 
 from t5pipe import peft
@@ -86,3 +88,40 @@ def test_prompt_tuning_changes_only_the_prompt(tmp_path):
     )
     with pytest.raises(UserInputError, match=r"soft prompt of shape \(4, 64\) does not fit"):
         peft.merge_prompt({"prompt": np.zeros((5, 64), np.float32)}, alone)
+
+
+def _row_ids(prompt, embedding):
+    """The id of the embedding row each prompt row equals (exactly one each)."""
+    ids = [np.flatnonzero((embedding == row).all(axis=1)) for row in prompt]
+    assert all(len(found) == 1 for found in ids)
+    return [int(found[0]) for found in ids]
+
+
+def test_prompt_initialisations_follow_lester_et_al(spm_path):
+    embedding = np.random.default_rng(0).normal(size=(32128, 16)).astype(np.float32)
+    uniform = peft.initial_prompt("random_uniform", embedding, 20, seed=3)
+    assert uniform.shape == (20, 16) and uniform.dtype == np.float32
+    assert np.abs(uniform).max() <= 0.5 and 0.25 < uniform.std() < 0.33  # U(-0.5, 0.5): 0.289
+    np.testing.assert_array_equal(uniform, peft.initial_prompt("random_uniform", embedding, 20, 3))
+    assert not np.array_equal(uniform, peft.initial_prompt("random_uniform", embedding, 20, 4))
+
+    # Distinct rows of the embedding table among the 5,000 most frequent ids.
+    sampled = peft.initial_prompt("sampled_vocab", embedding, 20, seed=3)
+    ids = _row_ids(sampled, embedding)
+    assert len(set(ids)) == 20 and max(ids) < 5000
+
+    # Class labels: each label's mean token embedding, then sampled vocabulary.
+    labels = ["entailment", "not_entailment"]
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    label_ids = peft.label_token_ids(seqio.SentencePieceVocabulary(spm_path), labels)
+    assert label_ids == [tokenizer.encode(label) for label in labels]
+    assert all(len(tokens) > 1 for tokens in label_ids)  # so the mean is over several rows
+    prompt = peft.initial_prompt("class_labels", embedding, 6, seed=0, label_ids=label_ids)
+    for row, label in enumerate(labels):
+        expected = embedding[tokenizer.encode(label)].mean(axis=0)
+        np.testing.assert_allclose(prompt[row], expected, rtol=1e-6)
+    assert max(_row_ids(prompt[2:], embedding)) < 5000
+    with pytest.raises(UserInputError, match="2 labels do not fit in prompt_length=1"):
+        peft.initial_prompt("class_labels", embedding, 1, label_ids=label_ids)
+    with pytest.raises(UserInputError, match="expected one of"):
+        peft.initial_prompt("from_text", embedding, 4)

@@ -174,6 +174,11 @@ def hf_tensor_names(config: T5Config) -> list[str]:
     return [name for name, *_ in _entries(config)]
 
 
+def tensor_paths(config: T5Config) -> dict[str, tuple[str, ...]]:
+    """{HF tensor name: t5pipe parameter path (unscanned)} for every mapped tensor."""
+    return {name: path for name, path, *_ in _entries(config)}
+
+
 def params_from_hf(tensors: Iterable[tuple[str, np.ndarray]], config: T5Config) -> dict:
     """Builds the unscanned parameter tree from (HF name, array) pairs, one at a time.
 

@@ -1,0 +1,99 @@
+"""The one weight projection every model family uses, and the hook that extends it.
+
+`dense` creates a float32 kernel with logical axis names and applies it with an
+einsum. Because every family's attention and MLP projections go through it,
+anything that changes what a projection computes (LoRA adapters, see
+`t5pipe.lora`) is written once, here, instead of in each family's layers:
+
+    with intercept_projections(interceptor):
+        model.apply(...)          # every `dense` call inside passes through it
+
+An interceptor is `interceptor(projection: Projection, outputs) -> outputs`. It
+runs inside the owning module's scope, so it may create parameters or submodules
+there and draw rngs. Interceptors are read when the model is traced: enter the
+context inside the function that `jax.jit` traces, as with
+`flax.linen.intercept_methods`, whose semantics this follows at projection level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """What an interceptor sees of one `dense` call.
+
+    module: the module owning the kernel (bound); name: the kernel's parameter name;
+    inputs: the array the kernel is applied to (not yet cast to `dtype`);
+    kernel_shape / kernel_axes: the kernel's shape and logical axis names;
+    equation: the einsum `inputs,kernel->outputs`; dtype: the computation dtype.
+    """
+
+    module: nn.Module
+    name: str
+    inputs: jax.Array
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    equation: str
+    dtype: jnp.dtype
+
+    @property
+    def path(self) -> str:
+        """The kernel's parameter path, '/'-joined: `encoder/layers_0/attention/query`."""
+        return "/".join((*self.module.path, self.name))
+
+
+Interceptor = Callable[[Projection, jax.Array], jax.Array]
+_INTERCEPTORS: contextvars.ContextVar[tuple[Interceptor, ...]] = contextvars.ContextVar(
+    "t5pipe_projection_interceptors", default=()
+)
+
+
+@contextlib.contextmanager
+def intercept_projections(interceptor: Interceptor) -> Iterator[None]:
+    """Within the context, every `dense` output passes through `interceptor` (after
+    those of enclosing contexts)."""
+    token = _INTERCEPTORS.set((*_INTERCEPTORS.get(), interceptor))
+    try:
+        yield
+    finally:
+        _INTERCEPTORS.reset(token)
+
+
+def dense(
+    module: nn.Module,
+    name: str,
+    inputs: jax.Array,
+    kernel_shape: Sequence[int],
+    kernel_axes: Sequence[str | None],
+    equation: str,
+    init: Callable,
+    dtype,
+) -> jax.Array:
+    """`jnp.einsum(equation, inputs, kernel)` with a float32 kernel parameter `name` of
+    `module`, partitioned by `kernel_axes`; both operands are cast to `dtype` first.
+
+    E.g. attention's query: inputs [batch, length, embed], kernel [embed, heads, kv]
+    ("embed", "heads", "kv"), equation "ble,ehd->blhd" -> [batch, length, heads, kv].
+    Call it from the module's compact method (the kernel is created in its scope).
+    """
+    kernel_shape, kernel_axes = tuple(kernel_shape), tuple(kernel_axes)
+    kernel = module.param(
+        name, nn.with_logical_partitioning(init, kernel_axes), kernel_shape, jnp.float32
+    )
+    dtype = jnp.dtype(dtype)
+    outputs = jnp.einsum(equation, inputs.astype(dtype), kernel.astype(dtype))
+    interceptors = _INTERCEPTORS.get()
+    if interceptors:
+        projection = Projection(module, name, inputs, kernel_shape, kernel_axes, equation, dtype)
+        for interceptor in interceptors:
+            outputs = interceptor(projection, outputs)
+    return outputs
