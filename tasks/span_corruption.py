@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -32,9 +33,21 @@ MAX_CHUNK_TOKENS = 65536  # one random chunk per document at most, as T5
 CONCAT_BATCH_SIZE = 128  # documents concatenated before splitting, to reduce padding
 
 
-def _span_counts(num_tokens: int, noise_density: float, mean_noise_span_length: float):
-    num_noise = int(round(num_tokens * noise_density))
-    num_spans = int(round(num_noise / mean_noise_span_length))
+def _span_counts(
+    num_tokens: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    max_spans: int | None = None,
+) -> tuple[int, int]:
+    """(noise tokens, noise spans) as `random_spans_noise_mask` counts them: in float32,
+    rounding half to even, at least one of each, at most `max_spans` spans."""
+    length = max(num_tokens, 2)
+    num_noise = int(np.round(np.float32(length) * np.float32(noise_density)))
+    num_noise = min(max(num_noise, 1), length - 1)
+    num_spans = int(np.round(np.float32(num_noise) / np.float32(mean_noise_span_length)))
+    num_spans = max(num_spans, 1)
+    if max_spans is not None:
+        num_spans = min(num_spans, max_spans)
     return num_noise, num_spans
 
 
@@ -42,16 +55,20 @@ def random_spans_helper(
     inputs_length: int,
     noise_density: float = NOISE_DENSITY,
     mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    max_spans: int | None = None,
 ) -> tuple[int, int]:
     """(raw tokens per segment, targets length) such that corrupting a full segment
-    gives inputs of exactly `inputs_length` (one sentinel per span, plus EOS).
+    gives inputs of exactly `inputs_length` (one sentinel per span, plus EOS), with at
+    most `max_spans` spans per segment (the sentinels the vocabulary has).
 
     >>> random_spans_helper(512)
     (568, 114)
     """
 
     def lengths(tokens: int) -> tuple[int, int]:
-        num_noise, num_spans = _span_counts(tokens, noise_density, mean_noise_span_length)
+        num_noise, num_spans = _span_counts(
+            tokens, noise_density, mean_noise_span_length, max_spans
+        )
         return tokens - num_noise + num_spans + 1, num_noise + num_spans + 1
 
     tokens = inputs_length - 1
@@ -81,12 +98,14 @@ def random_spans_noise_mask(
     seeds: tf.Tensor,
     noise_density: float = NOISE_DENSITY,
     mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    max_spans: int | tf.Tensor | None = None,
 ) -> tf.Tensor:
     """[length] bool, True on noise tokens: round(length * density) noise tokens (at
-    least 1, at most length - 1) in round(noise / mean_span) spans (at least 1),
-    interleaved with as many non-noise spans, non-noise first.
+    least 1, at most length - 1) in round(noise / mean_span) spans (at least 1, at most
+    `max_spans`), interleaved with as many non-noise spans, non-noise first.
 
-    seeds: [2, 2] int32 stateless seeds.
+    seeds: [2, 2] int32 stateless seeds. The density, span length and `max_spans` may
+    be scalar tensors (chosen per example).
     """
     original_length = length
     length = tf.maximum(length, 2)  # room for one noise and one non-noise token
@@ -94,6 +113,8 @@ def random_spans_noise_mask(
     num_noise = tf.clip_by_value(num_noise, 1, length - 1)
     num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
     num_spans = tf.maximum(num_spans, 1)
+    if max_spans is not None:
+        num_spans = tf.minimum(num_spans, max_spans)
     noise_lengths = _random_segmentation(num_noise, num_spans, seeds[0])
     nonnoise_lengths = _random_segmentation(length - num_noise, num_spans, seeds[1])
     span_lengths = tf.reshape(tf.stack([nonnoise_lengths, noise_lengths], axis=1), [-1])
@@ -115,7 +136,7 @@ def replace_spans_with_sentinels(
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def _select_random_chunk(x, seed, max_length: int):
+def select_random_chunk(x, seed, max_length: int):
     tokens = x["targets"]
     num_chunks = (tf.size(tokens) + max_length - 1) // max_length
     start = max_length * tf.random.stateless_uniform(
@@ -124,7 +145,7 @@ def _select_random_chunk(x, seed, max_length: int):
     return {"targets": tokens[start : start + max_length]}
 
 
-def _concatenate_documents(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+def concatenate_documents(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """Concatenates the tokens of each `batch_size` consecutive documents."""
     dataset = dataset.padded_batch(batch_size, padded_shapes={"targets": [None]})
 
@@ -185,9 +206,9 @@ def span_corruption(
 
     dataset = dataset.map(lambda x: {"targets": x["targets"]}, AUTOTUNE)
     dataset = dataset.filter(lambda x: tf.size(x["targets"]) > 0)
-    dataset = _select_random_chunk(dataset, max_length=MAX_CHUNK_TOKENS)
+    dataset = select_random_chunk(dataset, max_length=MAX_CHUNK_TOKENS)
     if merge_examples_to_reduce_padding:
-        dataset = _concatenate_documents(dataset, CONCAT_BATCH_SIZE)
+        dataset = concatenate_documents(dataset, CONCAT_BATCH_SIZE)
     dataset = _split_into_segments(dataset, segment_length)
 
     @seqio.map_over_dataset(num_seeds=1)

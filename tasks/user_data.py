@@ -15,7 +15,10 @@
     # 2. pretraining: span corruption over plain text (one document per line)
     user_data.text_pretraining_task("my_corpus", files={"train": "corpus/*.txt"})
 
-    # 3. a mixture: tasks with sampling rates (numbers), or equal rates
+    # 3. pretraining: UL2's mixture of denoisers (R, X, S; see ul2.py) over plain text
+    user_data.ul2_pretraining_task("my_corpus_ul2", files={"train": "corpus/*.txt"})
+
+    # 4. a mixture: tasks with sampling rates (numbers), or equal rates
     user_data.mixture("my_mix", [("my_nli", 1.0), ("my_corpus", 3.0)])
 
 Files are read when a dataset is first requested, not at registration, so a module of
@@ -40,7 +43,7 @@ import tensorflow as tf
 
 from t5pipe.errors import UserInputError
 from t5pipe.tasks import metrics as metric_lib
-from t5pipe.tasks import postprocessors
+from t5pipe.tasks import postprocessors, ul2
 from t5pipe.tasks import templates as templating
 from t5pipe.tasks.features import t5_output_features, text_to_text_preprocessors
 from t5pipe.tasks.sources import DataNotFoundError, examples_source
@@ -226,6 +229,40 @@ def text_pretraining_task(
         source=source,
         preprocessors=span_corruption_preprocessors(**options),
         output_features=t5_output_features(vocabulary),
+        metric_fns=[],
+    )
+
+
+def ul2_pretraining_task(
+    name: str,
+    files: Files,
+    document: str = "line",
+    denoisers: Sequence[ul2.Denoiser] = ul2.UL2_DENOISERS,
+    mode_tokens: bool = True,
+    vocabulary: seqio.Vocabulary | None = None,
+    overwrite: bool = False,
+) -> seqio.Task:
+    """Registers a UL2 pretraining task (mixture of denoisers) over UTF-8 text files.
+
+    files / document: as `text_pretraining_task`. denoisers: `ul2.Denoiser`s with their
+    rates (default the paper's seven: see ul2.py); mode_tokens: start the inputs with
+    [NLU] / [NLG] / [S2S]. The vocabulary needs sentinel ids (T5's has 100).
+    """
+    denoisers = ul2.check_denoisers(denoisers, where=name)
+    # The same source as a span-corruption text task; only the objective differs.
+    text_task = text_pretraining_task(
+        name, files, document, vocabulary=vocabulary, overwrite=overwrite
+    )
+    seqio.TaskRegistry.remove(name)
+    vocabulary = text_task.output_features["targets"].vocabulary
+    return _add_task(
+        name,
+        False,
+        source=text_task.source,
+        preprocessors=ul2.ul2_preprocessors(
+            vocabulary, denoisers=denoisers, mode_tokens=mode_tokens
+        ),
+        output_features=text_task.output_features,
         metric_fns=[],
     )
 
