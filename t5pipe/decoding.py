@@ -3,7 +3,8 @@
 Every method runs as one `lax.while_loop` under `jax.jit` and stops as soon as
 every sequence of the batch has ended (or `max_decode_length` is reached).
 The decoder cache is created once per batch from the encoder output
-(`T5.decode(..., decode=True)`), then each step feeds one token per row.
+(`decode(..., decode=True)` of the config's model family, see `t5pipe.models`), then
+each step feeds one token per row.
 
 Results are `Decodes` (a NamedTuple, so a pytree):
     tokens     int32 [batch, num_decodes, max_decode_length]  (no start token;
@@ -33,8 +34,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from t5pipe.model import T5
 from t5pipe.model_config import T5Config
+from t5pipe.models import family_of, model_for
 from t5pipe.partitioning import activation_rules
 
 METHODS = ("greedy", "beam", "sample")
@@ -103,12 +104,13 @@ def brevity_penalty(alpha: float, length) -> jax.Array:
 # ----------------------------------------------------------------------------- model steps
 
 
-def _init_cache(model: T5, params, encoded, encoder_segment_ids, max_length: int):
+def _init_cache(model, params, encoded, encoder_segment_ids, max_length: int):
     """The decoder cache for rows of `encoded` [batch, enc_length, embed], split in two
     flat dicts {path tuple: array}:
 
         fixed:   cross-attention keys/values [batch, heads, enc_length, kv], the same
-                 for the whole decode (and for every beam of an input);
+                 for the whole decode (and for every beam of an input): the entries
+                 the family's `is_fixed_cache` names;
         growing: self-attention keys/values [batch, heads, max_length, kv] (zeros) and
                  the decode position (0).
 
@@ -124,19 +126,20 @@ def _init_cache(model: T5, params, encoded, encoder_segment_ids, max_length: int
         dummy,
         decode=True,
         mutable=["cache"],
-        method=T5.decode,
+        method="decode",
     )
-    return _split_cache(variables["cache"])
+    return _split_cache(model, variables["cache"])
 
 
-def _split_cache(cache) -> tuple[dict, dict]:
+def _split_cache(model, cache) -> tuple[dict, dict]:
+    is_fixed = family_of(model.config).is_fixed_cache
     flat = flax.traverse_util.flatten_dict(cache)
-    fixed = {path: leaf for path, leaf in flat.items() if "encoder_decoder_attention" in path}
+    fixed = {path: leaf for path, leaf in flat.items() if is_fixed(path)}
     growing = {path: leaf for path, leaf in flat.items() if path not in fixed}
     return fixed, growing
 
 
-def _step(model: T5, params, fixed, growing, encoded, encoder_segment_ids, tokens, max_length):
+def _step(model, params, fixed, growing, encoded, encoder_segment_ids, tokens, max_length):
     """One decoder position: tokens [batch] -> (log-probs [batch, vocab] float32, growing cache)."""
     cache = flax.traverse_util.unflatten_dict({**fixed, **growing})
     # Cross-attention reads its keys/values from the cache; one encoder row is enough to
@@ -149,9 +152,9 @@ def _step(model: T5, params, fixed, growing, encoded, encoder_segment_ids, token
         decode=True,
         max_decode_length=max_length,
         mutable=["cache"],
-        method=T5.decode,
+        method="decode",
     )
-    _, growing = _split_cache(variables["cache"])
+    _, growing = _split_cache(model, variables["cache"])
     return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)), growing
 
 
@@ -327,8 +330,8 @@ def decode_batch(
     params, config: T5Config, encoder_tokens: jax.Array, options: DecodingOptions, rng=None
 ) -> Decodes:
     """Decodes encoder_tokens [batch, enc_length] (0-padded). Traceable; see `make_decode_fn`."""
-    model = T5(config)
-    encoded, segment_ids = model.apply({"params": params}, encoder_tokens, method=T5.encode)
+    model = model_for(config)
+    encoded, segment_ids = model.apply({"params": params}, encoder_tokens, method="encode")
     batch, n = encoder_tokens.shape[0], options.num_decodes
     if options.method == "beam":
         tokens, scores, log_probs = _beam_search(model, params, encoded, segment_ids, options)

@@ -31,7 +31,16 @@ MESH_AXES = ("data", "fsdp", "model")
 
 # The batch is split over every data-like axis; a logical axis may fall back to a
 # later rule when its mesh axis is already used in the same array (flax semantics).
-_UNSHARDED = (("length", None), ("kv", None), ("relpos_buckets", None), ("layers", None))
+# `kv_heads` (grouped-query attention's key/value heads) stays replicated in every set:
+# models have few of them, often fewer than the `model` axis has devices, and their
+# projections are small; queries, outputs and the feed-forward carry tensor parallelism.
+_UNSHARDED = (
+    ("length", None),
+    ("kv", None),
+    ("kv_heads", None),
+    ("relpos_buckets", None),
+    ("layers", None),
+)
 RULE_SETS: dict[str, tuple[tuple[str, str | tuple[str, ...] | None], ...]] = {
     "data_parallel": (
         ("batch", ("data", "fsdp")),

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5pipe.model import T5, shift_right
+from t5pipe.model import shift_right
 from t5pipe.model_config import T5Config
+from t5pipe.models import model_for
 from t5pipe.partitioning import activation_rules
 
 
@@ -29,7 +30,7 @@ def target_log_likelihood(
     (the targets normally end in EOS, which is scored) -> float32 [batch]. Traceable.
     """
     decoder_inputs = shift_right(target_tokens, config.decoder_start_token_id)
-    logits = T5(config).apply({"params": params}, encoder_tokens, decoder_inputs)
+    logits = model_for(config).apply({"params": params}, encoder_tokens, decoder_inputs)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_log_probs = jnp.take_along_axis(log_probs, target_tokens[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(target_tokens != config.pad_token_id, token_log_probs, 0.0), axis=1)

@@ -1,0 +1,122 @@
+"""umT5 against Hugging Face's `UMT5ForConditionalGeneration` (PyTorch, float32).
+
+transformers 5 forces `tie_word_embeddings=True` on `UMT5Config` (its output layer is
+then the embedding, with T5 1.0's d_model**-0.5 rescale); the published umT5
+checkpoints have a separate output layer. Both layouts are checked: HF as built, and
+HF with the tie undone (its own lm_head, no rescale), which is what the checkpoints hold.
+"""
+
+import gin
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from family_testlib import (
+    assert_decodes_vary,
+    assert_hf_round_trip,
+    assert_parity,
+    hf_generate,
+    hf_parameter_count,
+    mixed_length_inputs,
+    ours_decode,
+    params_from,
+    parity_errors,
+    scan_remat_bf16_errors,
+    spread_weights,
+    uncached_greedy,
+)
+
+from t5pipe import gin_setup
+from t5pipe.models import count_params, get_family, init_params
+from t5pipe.models.umt5 import UMT5Config, config_from_hf, config_to_hf
+
+TINY = dict(
+    vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
+    num_decoder_layers=2, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+)  # fmt: skip
+
+
+def hf_model(config: UMT5Config, std: float = 0.4):
+    hf = transformers.UMT5ForConditionalGeneration(transformers.UMT5Config(**config_to_hf(config)))
+    if not config.tie_word_embeddings:
+        hf.config.tie_word_embeddings = False  # no rescale of the decoder output
+        hf.lm_head.weight = torch.nn.Parameter(torch.empty_like(hf.lm_head.weight))
+    return spread_weights(hf, std, one_centered_norms=False)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def umt5(request):
+    config = UMT5Config(**TINY, tie_word_embeddings=request.param)
+    hf = hf_model(config)
+    return config, hf, params_from(hf, config)
+
+
+@pytest.fixture(scope="module")
+def published_layout():
+    """Untied, as the published checkpoints."""
+    config = UMT5Config(**TINY)
+    hf = hf_model(config)
+    return config, hf, params_from(hf, config)
+
+
+def test_encoder_and_logits_match_transformers(umt5):
+    config, hf, params = umt5
+    assert_parity(parity_errors(config, hf, params))
+
+
+def test_hf_round_trip_and_config_map(umt5):
+    config, hf, _ = umt5
+    copies = {"encoder.embed_tokens.weight": "shared.weight",
+              "decoder.embed_tokens.weight": "shared.weight"}  # fmt: skip
+    if config.tie_word_embeddings:
+        copies["lm_head.weight"] = "shared.weight"
+    assert_hf_round_trip(hf, config, copies)
+    assert config_from_hf(config_to_hf(config)) == config
+    assert UMT5Config.from_dict(config.to_dict()) == config
+    assert config.to_dict()["family"] == "umt5"
+
+
+def test_greedy_beam_and_cached_decoding_equal_references(published_layout):
+    config, hf, params = published_layout
+    enc = mixed_length_inputs(config.vocab_size, 32)
+    greedy = ours_decode(params, config, enc, method="greedy")
+    assert_decodes_vary(greedy, config.eos_token_id)
+    np.testing.assert_array_equal(greedy, hf_generate(hf, config, enc, num_beams=1))
+    np.testing.assert_array_equal(greedy, uncached_greedy(params, config, enc))
+    beam = ours_decode(params, config, enc, method="beam", num_beams=4, alpha=0.0)
+    reference = hf_generate(hf, config, enc, num_beams=4, length_penalty=0.0,
+                            early_stopping="never")  # fmt: skip
+    np.testing.assert_array_equal(beam, reference)
+
+
+def test_scanned_remat_and_bfloat16_forward():
+    config = UMT5Config(**TINY)
+    errors = scan_remat_bf16_errors(config, init_params(config, jax.random.PRNGKey(0)))
+    assert max(errors[k] for k in ("scan_none", "scan_full", "scan_dots")) <= 1e-6, errors
+    assert errors["bfloat16"] <= 2e-2, errors
+
+
+def config_from_gin(size: str) -> UMT5Config:
+    gin_setup.register_configurables()
+    gin.clear_config()
+    gin.add_config_file_search_path(gin_setup.gin_configs_dir())
+    try:
+        get_family("umt5")
+        gin.parse_config_file(f"models/umt5/{size}.gin")
+        return UMT5Config()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("size", ["small", "base", "xl", "xxl"])
+def test_parameter_count_equals_transformers(size):
+    config = config_from_gin(size)
+    with torch.device("meta"):
+        hf = transformers.UMT5ForConditionalGeneration(
+            transformers.UMT5Config(**config_to_hf(config))
+        )
+        # The checkpoints' own lm_head (transformers 5 ties it to the embedding).
+        hf.lm_head.weight = torch.nn.Parameter(torch.empty_like(hf.lm_head.weight))
+    assert not config.tie_word_embeddings
+    assert count_params(config.replace(scan_layers=True)) == hf_parameter_count(hf)
