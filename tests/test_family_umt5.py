@@ -62,7 +62,10 @@ def published_layout():
 
 def test_encoder_and_logits_match_transformers(umt5):
     config, hf, params = umt5
-    assert_parity(parity_errors(config, hf, params))
+    errors = parity_errors(config, hf, params, precisions=("float32", "float64"))
+    # float32 on both sides differs by rounding (HF's float32 logits are 2e-5 off its own
+    # float64 ones with these weights); float64 on both sides agrees to 1e-5.
+    assert_parity(errors, {"float64": 1e-5, "float32": 1e-4})
 
 
 def test_hf_round_trip_and_config_map(umt5):
@@ -93,7 +96,7 @@ def test_greedy_beam_and_cached_decoding_equal_references(published_layout):
 def test_scanned_remat_and_bfloat16_forward():
     config = UMT5Config(**TINY)
     errors = scan_remat_bf16_errors(config, init_params(config, jax.random.PRNGKey(0)))
-    assert max(errors[k] for k in ("scan_none", "scan_full", "scan_dots")) <= 1e-6, errors
+    assert max(errors[k] for k in errors if k != "bfloat16") <= 1e-6, errors
     assert errors["bfloat16"] <= 2e-2, errors
 
 

@@ -43,7 +43,7 @@ class GemmaStackConfig:
     num_heads: int = 8
     num_kv_heads: int = 4
     head_dim: int = 256
-    query_pre_attn_scalar: float = 256.0
+    query_pre_attn_scalar: int = 256
     sliding_window: int = 4096
     sliding_window_pattern: int = 2
     layer_types: tuple[str, ...] = ()
@@ -74,6 +74,9 @@ class GemmaStackConfig:
                 f"GemmaStackConfig.activation={self.activation!r}: expected one of "
                 f"{sorted(layers.ACTIVATIONS)}"
             )
+
+    def replace(self, **changes: Any) -> GemmaStackConfig:
+        return dataclasses.replace(self, **changes)
 
     def is_sliding(self, layer: int) -> bool:
         if self.layer_types:
