@@ -62,6 +62,7 @@ class Family:
     config_cls      frozen dataclass of the hyper-parameters
     module_cls      flax module, `module_cls(config)`, with the contract above
     hf_architecture transformers class of its checkpoints (config.json "architectures")
+    hf_model_types  config.json "model_type" values it reads
     config_from_hf  config.json dict -> config
     config_to_hf    config -> config.json dict that transformers reads back
     hf_entries      config -> generator of (hf_name, param_path, to_ours, to_hf), unscanned
@@ -83,6 +84,7 @@ class Family:
     params_to_hf: Callable[[dict, Any], Iterator[tuple[str, Any]]]
     layer_counts: Callable[[Any], dict[str, int]]
     is_fixed_cache: Callable[[tuple[str, ...]], bool]
+    hf_model_types: tuple[str, ...] = ()
     hf_entries: Callable[[Any], Iterator[tuple]] | None = None
 
     def scan_layout(self, params: dict, config) -> dict:
@@ -108,6 +110,18 @@ def get_family(name: str) -> Family:
             f"known: {family_names()}"
         )
     return importlib.import_module(_FAMILY_MODULES[name]).FAMILY
+
+
+def family_for_hf(hf_config: dict[str, Any]) -> Family:
+    """The family that reads a Hugging Face `config.json` dict (by its "model_type")."""
+    model_type = hf_config.get("model_type")
+    by_type = {t: name for name in _FAMILY_MODULES for t in get_family(name).hf_model_types}
+    if model_type not in by_type:
+        raise ValueError(
+            f"no model family reads Hugging Face model_type {model_type!r}"
+            f"{nearest(str(model_type), by_type)}; known: {sorted(by_type)}"
+        )
+    return get_family(by_type[model_type])
 
 
 def family_of(config) -> Family:

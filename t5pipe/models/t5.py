@@ -29,5 +29,6 @@ FAMILY = Family(
         "encoder": config.num_encoder_layers,
         "decoder": config.num_decoder_layers,
     },
+    hf_model_types=("t5", "mt5"),
     is_fixed_cache=_is_fixed_cache,
 )

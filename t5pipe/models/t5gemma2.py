@@ -391,6 +391,7 @@ FAMILY = Family(
         "encoder": config.encoder.num_layers,
         "decoder": config.decoder.num_layers,
     },
+    hf_model_types=("t5gemma2",),
     is_fixed_cache=layers.is_fixed_cache_entry,
     hf_entries=hf_entries,
 )

@@ -150,25 +150,19 @@ class Attention(nn.Module):
             ),
             (cfg.num_heads, cfg.relative_attention_num_buckets),
         )
-        if position is not None:  # one decoding step: the row of the query's position
-            buckets = relative_position_buckets(
-                key_length,
+        # Decoding one step, the query is row `position` of the full square.
+        rows = query_length if position is None else key_length
+        buckets = jnp.asarray(
+            relative_position_buckets(
+                rows,
                 key_length,
                 self.bidirectional,
                 cfg.relative_attention_num_buckets,
                 cfg.relative_attention_max_distance,
             )
-            buckets = jax.lax.dynamic_slice_in_dim(jnp.asarray(buckets), position, 1, axis=0)
-        else:
-            buckets = jnp.asarray(
-                relative_position_buckets(
-                    query_length,
-                    key_length,
-                    self.bidirectional,
-                    cfg.relative_attention_num_buckets,
-                    cfg.relative_attention_max_distance,
-                )
-            )
+        )
+        if position is not None:
+            buckets = jax.lax.dynamic_slice_in_dim(buckets, position, 1, axis=0)
         return jnp.take(table, buckets, axis=1)[None]
 
 
@@ -460,6 +454,7 @@ FAMILY = Family(
         "encoder": config.num_encoder_layers,
         "decoder": config.num_decoder_layers,
     },
+    hf_model_types=("umt5",),
     is_fixed_cache=layers.is_fixed_cache_entry,
     hf_entries=hf_entries,
 )
