@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 import functools
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from test_decoding import cut_after_eos, mixed_length_inputs  # noqa: F401 (shared helpers)
 
+from t5pipe import gin_setup
 from t5pipe.decoding import DecodingOptions, decode
 from t5pipe.model import shift_right
 from t5pipe.models import abstract_params, family_of, model_for
@@ -122,23 +125,6 @@ def forward(model, params, enc, dec_in):
     return model.apply({"params": params}, encoded, segments, dec_in, method="decode"), encoded
 
 
-def mixed_length_inputs(vocab_size: int, n: int, max_length: int = 12, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_length + 1, n)
-    tokens = rng.integers(3, vocab_size, (n, max_length))
-    return (tokens * (np.arange(max_length)[None] < lengths[:, None])).astype(np.int32)
-
-
-def cut_after_eos(tokens, eos: int, length: int = MAX_NEW) -> np.ndarray:
-    """[n, <=length] -> [n, length]: zeros after the first EOS and at the end."""
-    tokens = np.pad(np.asarray(tokens), ((0, 0), (0, length - tokens.shape[1])))
-    for row in tokens:
-        ends = np.flatnonzero(row == eos)
-        if ends.size:
-            row[ends[0] + 1 :] = 0
-    return tokens
-
-
 def hf_generate(hf, config, enc, **kwargs) -> np.ndarray:
     with torch.no_grad():
         out = hf.generate(
@@ -151,13 +137,13 @@ def hf_generate(hf, config, enc, **kwargs) -> np.ndarray:
             pad_token_id=config.pad_token_id,
             **kwargs,
         )
-    return cut_after_eos(out.numpy()[:, 1:], config.eos_token_id)  # drop the start token
+    return cut_after_eos(out.numpy()[:, 1:], MAX_NEW, config.eos_token_id)  # no start token
 
 
 def ours_decode(params, config, enc, **options) -> np.ndarray:
     options = DecodingOptions(max_decode_length=MAX_NEW, **options)
     tokens = np.asarray(decode(params, config, enc, options).tokens[:, 0])
-    return cut_after_eos(tokens, config.eos_token_id)
+    return cut_after_eos(tokens, MAX_NEW, config.eos_token_id)
 
 
 def uncached_greedy(params, config, enc, length: int = MAX_NEW) -> np.ndarray:
@@ -179,7 +165,34 @@ def uncached_greedy(params, config, enc, length: int = MAX_NEW) -> np.ndarray:
         if i + 1 < length:
             tokens[:, i + 1] = chosen
         ended |= chosen == config.eos_token_id
-    return cut_after_eos(out, config.eos_token_id)
+    return cut_after_eos(out, MAX_NEW, config.eos_token_id)
+
+
+def assert_decoding_equals_references(params, config, hf, enc):
+    """Greedy decodes equal HF's `generate` and uncached decoding; beam-4 equals HF's
+    (length_penalty 0 is our alpha 0; early_stopping "never" is our stopping rule)."""
+    greedy = ours_decode(params, config, enc, method="greedy")
+    assert_decodes_vary(greedy, config.eos_token_id)
+    np.testing.assert_array_equal(greedy, hf_generate(hf, config, enc, num_beams=1))
+    np.testing.assert_array_equal(greedy, uncached_greedy(params, config, enc))
+    beam = ours_decode(params, config, enc, method="beam", num_beams=4, alpha=0.0)
+    reference = hf_generate(
+        hf, config, enc, num_beams=4, length_penalty=0.0, early_stopping="never"
+    )
+    np.testing.assert_array_equal(beam, reference)
+    return greedy
+
+
+def config_from_gin(family, gin_file: str):
+    """The config `family` builds from a shipped gin file (`models/<family>/<size>.gin`)."""
+    gin_setup.register_configurables()
+    gin.clear_config()
+    gin.add_config_file_search_path(gin_setup.gin_configs_dir())
+    try:
+        gin.parse_config_file(gin_file)
+        return family.config_cls()
+    finally:
+        gin.clear_config()
 
 
 def assert_decodes_vary(tokens: np.ndarray, eos: int):

@@ -5,17 +5,16 @@ Two tiny configs: one whose inputs and decodes are longer than its sliding windo
 with more heads than the decoder, grouped-query attention, untied output layer).
 """
 
-import gin
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 from family_testlib import (
-    assert_decodes_vary,
+    assert_decoding_equals_references,
     assert_hf_round_trip,
     assert_parity,
-    hf_generate,
+    config_from_gin,
     hf_parameter_count,
     mixed_length_inputs,
     ours_decode,
@@ -23,10 +22,8 @@ from family_testlib import (
     parity_errors,
     scan_remat_bf16_errors,
     spread_weights,
-    uncached_greedy,
 )
 
-from t5pipe import gin_setup
 from t5pipe.models import count_params, get_family, init_params
 from t5pipe.models.gemma import GemmaStackConfig
 from t5pipe.models.t5gemma import T5GemmaConfig, config_from_hf, config_to_hf
@@ -82,21 +79,14 @@ def test_hf_round_trip_and_config_map(t5gemma):
 
 def test_greedy_beam_and_cached_decoding_equal_references(t5gemma):
     config, hf, params = t5gemma
-    enc = mixed_length_inputs(config.vocab_size, 32)
-    greedy = ours_decode(params, config, enc, method="greedy")
-    assert_decodes_vary(greedy, config.eos_token_id)
-    np.testing.assert_array_equal(greedy, hf_generate(hf, config, enc, num_beams=1))
-    np.testing.assert_array_equal(greedy, uncached_greedy(params, config, enc))
-    beam = ours_decode(params, config, enc, method="beam", num_beams=4, alpha=0.0)
-    reference = hf_generate(hf, config, enc, num_beams=4, length_penalty=0.0,
-                            early_stopping="never")  # fmt: skip
-    np.testing.assert_array_equal(beam, reference)
+    enc = mixed_length_inputs(config.vocab_size, 32, max_length=12)
+    assert_decoding_equals_references(params, config, hf, enc)
 
 
 def test_scanned_decoding_equals_unrolled():
     config = CONFIGS["9b_2b_shaped"]
     params = params_from(hf_model(config), config)
-    enc = mixed_length_inputs(config.vocab_size, 32)
+    enc = mixed_length_inputs(config.vocab_size, 32, max_length=12)
     scanned = config.replace(scan_layers=True)
     scanned_params = get_family("t5gemma").scan_layout(params, config)
     np.testing.assert_array_equal(
@@ -127,21 +117,9 @@ HUB_COUNTS = {
 }
 
 
-def config_from_gin(size: str) -> T5GemmaConfig:
-    gin_setup.register_configurables()
-    get_family("t5gemma")
-    gin.clear_config()
-    gin.add_config_file_search_path(gin_setup.gin_configs_dir())
-    try:
-        gin.parse_config_file(f"models/t5gemma/{size}.gin")
-        return T5GemmaConfig()
-    finally:
-        gin.clear_config()
-
-
 @pytest.mark.parametrize("size", PUBLISHED)
 def test_parameter_count_equals_transformers(size):
-    config = config_from_gin(size)
+    config = config_from_gin(get_family("t5gemma"), f"models/t5gemma/{size}.gin")
     with torch.device("meta"):
         hf = transformers.T5GemmaForConditionalGeneration(
             transformers.T5GemmaConfig(**config_to_hf(config))

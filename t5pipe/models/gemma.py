@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from t5pipe.models import layers, name_maps
 from t5pipe.models.config_base import check_positive
+from t5pipe.models.encoder_decoder import layer_stack
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
 
@@ -117,13 +118,9 @@ class GemmaAttention(nn.Module):
             value = self.project("value", kv_input, s.num_kv_heads, "kv_heads")
             return (layers.apply_rope(key, *rope) if rope is not None else key), value
 
-        heads_major = False
-        if decode and self.is_cross_attention:
-            key, value, heads_major = layers.cross_attention_cache(self, key_value)
-        else:
-            key, value = key_value()
-            if decode:
-                key, value, heads_major = layers.self_attention_cache(self, key, value, position)
+        key, value, heads_major = layers.attention_key_value(
+            self, key_value, decode, self.is_cross_attention, position
+        )
         parts = [layers.KeyValue(key, value, mask, heads_major)]
         out = layers.grouped_attention(query, parts, **self.attention_options(deterministic))
         return layers.project_out(self, out, x.shape[-1], self.dtype)
@@ -229,7 +226,7 @@ class GemmaEncoder(nn.Module):
         global_rope, local_rope = s.rope(layers.positions_from_segments(segment_ids))
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = layers.constrain(x, ("batch", "length", "embed"))
-        x = layers.layer_stack(
+        x = layer_stack(
             EncoderLayer,
             s.num_layers,
             scan=cfg.scan_layers,
@@ -270,16 +267,59 @@ def decoder_masks(module, stack, decoder_segment_ids, decode, max_decode_length)
     return global_mask, sliding_mask, layers.positions_from_segments(decoder_segment_ids), None
 
 
-def scaled_embedding(embedder: layers.Embedder, tokens, width: int, dtype: str):
+class GemmaDecoder(nn.Module):
+    """The decoder stack of `config.decoder`, made of `layer_cls` layers called as
+    layer(x, encoded, global_mask, sliding_mask, cross_mask, global_rope, local_rope,
+    position, is_sliding)."""
+
+    config: Any
+    layer_cls: type[nn.Module]
+
+    @nn.compact
+    def __call__(
+        self,
+        embedded,
+        encoded,
+        decoder_segment_ids,
+        encoder_segment_ids,
+        deterministic: bool,
+        decode: bool = False,
+        max_decode_length: int | None = None,
+    ):
+        """embedded [batch, length, embed] (one position per decoding step)
+        -> [batch, length, embed]."""
+        cfg, s = self.config, self.config.decoder
+        global_mask, sliding_mask, positions, position = decoder_masks(
+            self, s, decoder_segment_ids, decode, max_decode_length
+        )
+        cross_mask = layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
+        global_rope, local_rope = s.rope(positions)
+        x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
+        x = layers.constrain(x, ("batch", "length", "embed"))
+        x = layer_stack(
+            self.layer_cls,
+            s.num_layers,
+            scan=cfg.scan_layers,
+            remat_policy=cfg.remat_policy,
+            per_layer=lambda i: (s.is_sliding(i),),
+            stack=s,
+            config=cfg,
+            deterministic=deterministic,
+            decode=decode,
+        )(x, encoded, global_mask, sliding_mask, cross_mask, global_rope, local_rope, position)
+        x = layers.RMSNorm(s.rms_norm_eps, cfg.dtype, one_centered=True, name="decoder_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+def scaled_embedding(embedder: layers.Embedder, tokens, width: int):
     """Gemma's input embedding: table row * sqrt(width), the factor in the activation dtype."""
-    return embedder(tokens) * jnp.asarray(width**0.5, dtype)
+    return embedder(tokens) * jnp.asarray(width**0.5, embedder.dtype)
 
 
 def final_logits(hidden, embedder, logits_dense, config) -> jnp.ndarray:
     """Output projection (tied to `embedder` or `logits_dense`), soft-capped, float32."""
     logits = embedder.attend(hidden) if logits_dense is None else logits_dense(hidden)
-    logits = layers.softcap(logits.astype(jnp.float32), config.final_logit_softcapping)
-    return layers.constrain(logits, ("batch", "length", "vocab"))
+    return layers.softcap(logits.astype(jnp.float32), config.final_logit_softcapping)
 
 
 # ----------------------------------------------------------------------------- Hugging Face

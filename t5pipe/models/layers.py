@@ -25,12 +25,6 @@ import numpy as np
 
 from t5pipe.attention import MASK_BIAS
 
-REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
@@ -406,56 +400,18 @@ def cross_attention_cache(module: nn.Module, compute_key_value: Callable):
     return key, value, False
 
 
+def attention_key_value(module, compute: Callable, decode: bool, is_cross: bool, position):
+    """Keys/values of one attention call, through the decoding cache when decoding:
+    `compute()` -> (key, value) [batch, length, kv_heads, head_dim] is skipped for cross-
+    attention once cached. -> (key, value, heads_major)"""
+    if decode and is_cross:
+        return cross_attention_cache(module, compute)
+    key, value = compute()
+    if decode:
+        return self_attention_cache(module, key, value, position)
+    return key, value, False
+
+
 def is_fixed_cache_entry(path: tuple[str, ...]) -> bool:
     """The cache entries that stay fixed for a whole decode (cross-attention keys/values)."""
     return path[-1] in ("cross_key", "cross_value")
-
-
-# ----------------------------------------------------------------------------- stacks
-
-
-def layer_stack(
-    layer_cls: type[nn.Module],
-    num_layers: int,
-    *,
-    scan: bool,
-    remat_policy: str,
-    per_layer: Callable[[int], tuple] = lambda i: (),
-    **layer_kwargs,
-):
-    """-> callable(x, *shared) -> x running `num_layers` layers, scanned or unrolled.
-
-    Layers are built as `layer_cls(**layer_kwargs)` and called `layer(x, *shared,
-    *per_layer(i))`: `shared` arrays are the same for every layer, `per_layer(i)` gives
-    layer i's own values (e.g. whether it uses a sliding window) — Python values when
-    unrolled, stacked into arrays along the scanned axis when scanned. Static options
-    (deterministic, decode) are module attributes, so remat traces only arrays.
-    """
-    if remat_policy != "none":
-        layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)
-    if scan:
-
-        def body(layer, carry, shared, own):
-            return layer(carry, *shared, *own), None
-
-        rows = [per_layer(i) for i in range(num_layers)]
-        own = tuple(jnp.asarray(column) for column in zip(*rows, strict=True))
-        scanned = nn.scan(
-            body,
-            variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, 0),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        stacked = layer_cls(**layer_kwargs, name="layers")
-        return lambda x, *shared: scanned(stacked, x, shared, own)[0]
-
-    layers = [layer_cls(**layer_kwargs, name=f"layers_{i}") for i in range(num_layers)]
-
-    def run(x, *shared):
-        for i, layer in enumerate(layers):
-            x = layer(x, *shared, *per_layer(i))
-        return x
-
-    return run

@@ -30,17 +30,17 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 import gin
-import jax.numpy as jnp
 
 from t5pipe.models import Family, layers, name_maps
 from t5pipe.models.config_base import FamilyConfig, check_positive
+from t5pipe.models.encoder_decoder import EncoderDecoder
 from t5pipe.models.gemma import (
     GemmaAttention,
+    GemmaDecoder,
     GemmaEncoder,
     GemmaStackConfig,
     attention_entries,
     block_entries,
-    decoder_masks,
     final_logits,
     first_token_id,
     gemma_mlp,
@@ -128,46 +128,7 @@ class DecoderLayer(nn.Module):
         return layers.constrain(x, ("batch", "length", "embed"))
 
 
-class Decoder(nn.Module):
-    config: T5GemmaConfig
-
-    @nn.compact
-    def __call__(
-        self,
-        embedded,
-        encoded,
-        decoder_segment_ids,
-        encoder_segment_ids,
-        deterministic: bool,
-        decode: bool = False,
-        max_decode_length: int | None = None,
-    ):
-        """embedded [batch, length, embed] (one position per decoding step)
-        -> [batch, length, embed]."""
-        cfg, s = self.config, self.config.decoder
-        global_mask, sliding_mask, positions, position = decoder_masks(
-            self, s, decoder_segment_ids, decode, max_decode_length
-        )
-        cross_mask = layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
-        global_rope, local_rope = s.rope(positions)
-        x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = layers.constrain(x, ("batch", "length", "embed"))
-        x = layers.layer_stack(
-            DecoderLayer,
-            s.num_layers,
-            scan=cfg.scan_layers,
-            remat_policy=cfg.remat_policy,
-            per_layer=lambda i: (s.is_sliding(i),),
-            stack=s,
-            config=cfg,
-            deterministic=deterministic,
-            decode=decode,
-        )(x, encoded, global_mask, sliding_mask, cross_mask, global_rope, local_rope, position)
-        x = layers.RMSNorm(s.rms_norm_eps, cfg.dtype, one_centered=True, name="decoder_norm")(x)
-        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-class T5Gemma(nn.Module):
+class T5Gemma(EncoderDecoder):
     """The T5Gemma encoder-decoder, with the contract of `t5pipe.models`."""
 
     config: T5GemmaConfig
@@ -178,64 +139,22 @@ class T5Gemma(nn.Module):
         self.encoder_embedder = embedder(cfg.encoder.d_model, stddev=cfg.encoder.d_model**-0.5)
         self.decoder_embedder = embedder(cfg.decoder.d_model, stddev=cfg.decoder.d_model**-0.5)
         self.encoder = GemmaEncoder(cfg.encoder, cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = GemmaDecoder(cfg, DecoderLayer)
         self.logits_dense = None
         if not cfg.tie_word_embeddings:
             self.logits_dense = layers.OutputLayer(cfg.vocab_size, cfg.dtype)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
-        """tokens [batch, length] -> (encoded [batch, length, enc_embed], segment ids)."""
-        cfg = self.config
-        if encoder_segment_ids is None:
-            encoder_segment_ids = (encoder_input_tokens != cfg.pad_token_id).astype(jnp.int32)
-        embedded = scaled_embedding(
-            self.encoder_embedder, encoder_input_tokens, cfg.encoder.d_model, cfg.dtype
-        )
-        return self.encoder(embedded, encoder_segment_ids, not enable_dropout), encoder_segment_ids
+    def embed_encoder(self, tokens):
+        return scaled_embedding(self.encoder_embedder, tokens, self.config.encoder.d_model)
 
-    def decode(
-        self,
-        encoded,
-        encoder_segment_ids,
-        decoder_input_tokens,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-        decode=False,
-        max_decode_length=None,
-    ):
-        """-> logits [batch, length, vocab], float32."""
-        cfg = self.config
-        if decoder_segment_ids is None:
-            decoder_segment_ids = jnp.ones(decoder_input_tokens.shape, jnp.int32)
-        embedded = scaled_embedding(
-            self.decoder_embedder, decoder_input_tokens, cfg.decoder.d_model, cfg.dtype
-        )
-        hidden = self.decoder(
-            embedded,
-            encoded,
-            decoder_segment_ids,
-            encoder_segment_ids,
-            not enable_dropout,
-            decode,
-            max_decode_length,
-        )
-        return final_logits(hidden, self.decoder_embedder, self.logits_dense, cfg)
+    def embed_decoder(self, tokens):
+        return scaled_embedding(self.decoder_embedder, tokens, self.config.decoder.d_model)
 
-    def __call__(
-        self,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids=None,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-    ):
-        """Teacher-forced logits [batch, dec_length, vocab], float32."""
-        encoded, encoder_segment_ids = self.encode(
-            encoder_input_tokens, encoder_segment_ids, enable_dropout
-        )
-        return self.decode(
-            encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids, enable_dropout
-        )
+    def logits(self, hidden):
+        return final_logits(hidden, self.decoder_embedder, self.logits_dense, self.config)
+
+
+# ----------------------------------------------------------------------------- Hugging Face
 
 
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> T5GemmaConfig:

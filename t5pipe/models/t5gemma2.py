@@ -33,13 +33,14 @@ import jax.numpy as jnp
 
 from t5pipe.models import Family, layers, name_maps
 from t5pipe.models.config_base import FamilyConfig, check_positive
+from t5pipe.models.encoder_decoder import EncoderDecoder
 from t5pipe.models.gemma import (
     GemmaAttention,
+    GemmaDecoder,
     GemmaEncoder,
     GemmaStackConfig,
     attention_entries,
     block_entries,
-    decoder_masks,
     final_logits,
     first_token_id,
     gemma_mlp,
@@ -185,46 +186,7 @@ class DecoderLayer(nn.Module):
         return layers.constrain(x, ("batch", "length", "embed"))
 
 
-class Decoder(nn.Module):
-    config: T5Gemma2Config
-
-    @nn.compact
-    def __call__(
-        self,
-        embedded,
-        encoded,
-        decoder_segment_ids,
-        encoder_segment_ids,
-        deterministic: bool,
-        decode: bool = False,
-        max_decode_length: int | None = None,
-    ):
-        """embedded [batch, length, embed] (one position per decoding step)
-        -> [batch, length, embed]."""
-        cfg, s = self.config, self.config.decoder
-        global_mask, sliding_mask, positions, position = decoder_masks(
-            self, s, decoder_segment_ids, decode, max_decode_length
-        )
-        cross_mask = layers.segment_mask(decoder_segment_ids, encoder_segment_ids)
-        global_rope, local_rope = s.rope(positions)
-        x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
-        x = layers.constrain(x, ("batch", "length", "embed"))
-        x = layers.layer_stack(
-            DecoderLayer,
-            s.num_layers,
-            scan=cfg.scan_layers,
-            remat_policy=cfg.remat_policy,
-            per_layer=lambda i: (s.is_sliding(i),),
-            stack=s,
-            config=cfg,
-            deterministic=deterministic,
-            decode=decode,
-        )(x, encoded, global_mask, sliding_mask, cross_mask, global_rope, local_rope, position)
-        x = layers.RMSNorm(s.rms_norm_eps, cfg.dtype, one_centered=True, name="decoder_norm")(x)
-        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-class T5Gemma2(nn.Module):
+class T5Gemma2(EncoderDecoder):
     """The T5Gemma 2 text encoder-decoder, with the contract of `t5pipe.models`."""
 
     config: T5Gemma2Config
@@ -236,56 +198,16 @@ class T5Gemma2(nn.Module):
             cfg.vocab_size, width, cfg.dtype, width**-0.5, eoi_token_index=cfg.eoi_token_index
         )
         self.encoder = GemmaEncoder(cfg.encoder, cfg, qk_norm=True, window="gemma3")
-        self.decoder = Decoder(cfg)
+        self.decoder = GemmaDecoder(cfg, DecoderLayer)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
-        """tokens [batch, length] -> (encoded [batch, length, embed], segment ids)."""
-        if encoder_segment_ids is None:
-            encoder_segment_ids = (encoder_input_tokens != self.config.pad_token_id).astype(
-                jnp.int32
-            )
-        embedded = self.token_embedder(encoder_input_tokens)
-        return self.encoder(embedded, encoder_segment_ids, not enable_dropout), encoder_segment_ids
+    def embed_encoder(self, tokens):
+        return self.token_embedder(tokens)
 
-    def decode(
-        self,
-        encoded,
-        encoder_segment_ids,
-        decoder_input_tokens,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-        decode=False,
-        max_decode_length=None,
-    ):
-        """-> logits [batch, length, vocab], float32."""
-        if decoder_segment_ids is None:
-            decoder_segment_ids = jnp.ones(decoder_input_tokens.shape, jnp.int32)
-        hidden = self.decoder(
-            self.token_embedder(decoder_input_tokens),
-            encoded,
-            decoder_segment_ids,
-            encoder_segment_ids,
-            not enable_dropout,
-            decode,
-            max_decode_length,
-        )
+    def embed_decoder(self, tokens):
+        return self.token_embedder(tokens)
+
+    def logits(self, hidden):
         return final_logits(hidden, self.token_embedder, None, self.config)
-
-    def __call__(
-        self,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids=None,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-    ):
-        """Teacher-forced logits [batch, dec_length, vocab], float32."""
-        encoded, encoder_segment_ids = self.encode(
-            encoder_input_tokens, encoder_segment_ids, enable_dropout
-        )
-        return self.decode(
-            encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids, enable_dropout
-        )
 
 
 # ----------------------------------------------------------------------------- Hugging Face

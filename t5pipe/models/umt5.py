@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from t5pipe.model import relative_position_buckets
 from t5pipe.models import Family, layers, name_maps
 from t5pipe.models.config_base import FamilyConfig, check_positive
+from t5pipe.models.encoder_decoder import EncoderDecoder, layer_stack
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu"}
 
@@ -119,13 +120,9 @@ class Attention(nn.Module):
         def key_value():
             return project("key", inputs_kv), project("value", inputs_kv)
 
-        heads_major = False
-        if decode and self.is_cross_attention:
-            key, value, heads_major = layers.cross_attention_cache(self, key_value)
-        else:
-            key, value = key_value()
-            if decode:
-                key, value, heads_major = layers.self_attention_cache(self, key, value, position)
+        key, value, heads_major = layers.attention_key_value(
+            self, key_value, decode, self.is_cross_attention, position
+        )
 
         bias = None
         if self.bidirectional is not None:
@@ -223,7 +220,7 @@ class Encoder(nn.Module):
         mask = layers.segment_mask(segment_ids, segment_ids)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(cfg.dtype), ("batch", "length", "embed"))
-        x = layers.layer_stack(
+        x = layer_stack(
             EncoderLayer,
             cfg.num_encoder_layers,
             scan=cfg.scan_layers,
@@ -268,7 +265,7 @@ class Decoder(nn.Module):
             self_mask = causal & same
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = layers.constrain(x.astype(cfg.dtype), ("batch", "length", "embed"))
-        x = layers.layer_stack(
+        x = layer_stack(
             DecoderLayer,
             cfg.num_decoder_layers,
             scan=cfg.scan_layers,
@@ -281,7 +278,7 @@ class Decoder(nn.Module):
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
-class UMT5(nn.Module):
+class UMT5(EncoderDecoder):
     """The umT5 encoder-decoder, with the contract of `t5pipe.models`."""
 
     config: UMT5Config
@@ -294,59 +291,16 @@ class UMT5(nn.Module):
         if not cfg.tie_word_embeddings:
             self.logits_dense = layers.OutputLayer(cfg.vocab_size, cfg.dtype)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
-        """tokens [batch, length] -> (encoded [batch, length, embed], segment ids)."""
-        if encoder_segment_ids is None:
-            encoder_segment_ids = (encoder_input_tokens != self.config.pad_token_id).astype(
-                jnp.int32
-            )
-        embedded = self.token_embedder(encoder_input_tokens)
-        return self.encoder(embedded, encoder_segment_ids, not enable_dropout), encoder_segment_ids
+    def embed_encoder(self, tokens):
+        return self.token_embedder(tokens)
 
-    def decode(
-        self,
-        encoded,
-        encoder_segment_ids,
-        decoder_input_tokens,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-        decode=False,
-        max_decode_length=None,
-    ):
-        """-> logits [batch, length, vocab], float32."""
-        cfg = self.config
-        if decoder_segment_ids is None:
-            decoder_segment_ids = jnp.ones(decoder_input_tokens.shape, jnp.int32)
-        hidden = self.decoder(
-            self.token_embedder(decoder_input_tokens),
-            encoded,
-            decoder_segment_ids,
-            encoder_segment_ids,
-            not enable_dropout,
-            decode,
-            max_decode_length,
-        )
-        if cfg.tie_word_embeddings:
-            logits = self.token_embedder.attend(hidden * (cfg.d_model**-0.5))
-        else:
-            logits = self.logits_dense(hidden)
-        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    def embed_decoder(self, tokens):
+        return self.token_embedder(tokens)
 
-    def __call__(
-        self,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids=None,
-        decoder_segment_ids=None,
-        enable_dropout=False,
-    ):
-        """Teacher-forced logits [batch, dec_length, vocab], float32."""
-        encoded, encoder_segment_ids = self.encode(
-            encoder_input_tokens, encoder_segment_ids, enable_dropout
-        )
-        return self.decode(
-            encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids, enable_dropout
-        )
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            return self.token_embedder.attend(hidden * (self.config.d_model**-0.5))
+        return self.logits_dense(hidden)
 
 
 # ----------------------------------------------------------------------------- Hugging Face
