@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from test_decoding import cut_after_eos, mixed_length_inputs  # noqa: F401 (shared helpers)
+from hf_testlib import mixed_length_inputs  # noqa: F401 (shared helper)
+from test_decoding import cut_after_eos  # noqa: F401 (shared helper)
 
 from t5pipe import gin_setup
 from t5pipe.decoding import DecodingOptions, decode

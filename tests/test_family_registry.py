@@ -6,7 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import tiny_config
+from testlib import tiny_config
 
 from t5pipe import decoding
 from t5pipe.model import T5

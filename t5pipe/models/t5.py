@@ -1,12 +1,12 @@
 """The T5 family (1.0, 1.1, mT5, ByT5, Flan-T5), registered by reference.
 
 The model stays in `t5pipe.model`, its config in `t5pipe.model_config` and its
-Hugging Face map in `t5pipe.hf_mapping`; this module only names them for the registry.
+Hugging Face map in `t5pipe.hf.t5`; this module only names them for the registry.
 """
 
 from __future__ import annotations
 
-from t5pipe import hf_mapping
+from t5pipe.hf import t5 as hf_mapping
 from t5pipe.model import T5
 from t5pipe.model_config import T5Config
 from t5pipe.models import Family
