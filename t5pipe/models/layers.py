@@ -1,7 +1,8 @@
 """Building blocks shared by the encoder-decoder families (umT5, T5Gemma, T5Gemma 2).
 
-Every weight projection goes through `dense`, so that adapters (LoRA) attach in one
-place for every family. Parameters are float32 and carry logical axis names:
+Every weight projection goes through `t5pipe.projection.dense`, the one projection
+helper of every family (T5 included), so that adapters (LoRA) attach in one place.
+Parameters are float32 and carry logical axis names:
 
     embed    model width          heads     query heads       kv_heads  key/value heads (GQA)
     kv       per-head width       mlp       feed-forward      vocab     vocabulary
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5pipe.attention import MASK_BIAS
+from t5pipe.projection import dense
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -36,27 +38,6 @@ ACTIVATIONS = {
 
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, axes)
-
-
-def dense(
-    module: nn.Module,
-    name: str,
-    inputs: jax.Array,
-    kernel_shape: tuple[int, ...],
-    kernel_axes: tuple[str | None, ...],
-    equation: str,
-    init: Callable,
-    dtype,
-) -> jax.Array:
-    """The one weight projection of every family: `einsum(equation, inputs, kernel)`.
-
-    Creates (or reads) the float32 parameter `name` of `module`, shaped `kernel_shape`
-    and named `kernel_axes` for partitioning, and applies it in `dtype`. Example: a
-    query projection is `dense(self, "query", x, (embed, heads, kv), ("embed", "heads",
-    "kv"), "ble,ehd->blhd", init, dtype)`. Adapters are attached here, once for all.
-    """
-    kernel = module.param(name, nn.with_logical_partitioning(init, kernel_axes), kernel_shape)
-    return jnp.einsum(equation, inputs.astype(dtype), kernel.astype(dtype))
 
 
 def normal(stddev: float) -> Callable:
