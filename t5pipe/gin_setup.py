@@ -359,12 +359,15 @@ def register_configurables() -> None:
     import t5pipe.inference  # noqa: F401
     import t5pipe.input_pipeline  # noqa: F401
     import t5pipe.model_config  # noqa: F401
+    import t5pipe.models
     import t5pipe.optimizers  # noqa: F401
     import t5pipe.partitioning  # noqa: F401
     import t5pipe.train  # noqa: F401
     import t5pipe.train_eval  # noqa: F401
     import t5pipe.train_step  # noqa: F401
     import t5pipe.vocabularies  # noqa: F401
+
+    t5pipe.models.register_configurables()  # every family's config classes
 
 
 # ----------------------------------------------------------------------------- checks

@@ -67,7 +67,7 @@ def test_unknown_parameter_names_file_line_and_suggestion(tmp_path):
 
 
 def test_unknown_configurable_suggests_the_nearest(tmp_path):
-    with pytest.raises(UserInputError, match=r"line 2 .*T5Confg.*did you mean: T5Config\?"):
+    with pytest.raises(UserInputError, match=r"line 2 .*T5Confg.*did you mean: T5Config\b"):
         parse(tmp_path, "T5Confg.d_model = 3\n")
 
 
