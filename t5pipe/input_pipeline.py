@@ -192,7 +192,7 @@ def check_feature_lengths(
                     f"{setting}['targets']={lengths['targets']} is too small for task "
                     f"{task.name}: {how} of inputs {lengths['inputs']} tokens long makes "
                     f"targets {needed} tokens long. Set {setting}['targets'] to at least "
-                    f"{needed} (T5 uses inputs 512 / targets 114)."
+                    f"{needed} (inputs 512 need targets {rule.required_target_length(512)})."
                 )
     return lengths
 
