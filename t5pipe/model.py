@@ -31,16 +31,15 @@ stack shared by all its layers.
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from t5pipe.attention import dot_product_attention, mask_to_bias
 from t5pipe.model_config import T5Config
 from t5pipe.projection import dense
+from t5pipe.relative_position import RelativePositionBias
 
 _REMAT_POLICIES = {
     "full": None,
@@ -70,36 +69,6 @@ def _activation(name: str):
     }[name]
 
 
-@functools.lru_cache(maxsize=64)
-def relative_position_buckets(
-    query_length: int, key_length: int, bidirectional: bool, num_buckets: int, max_distance: int
-) -> np.ndarray:
-    """T5's bucketing of (key position - query position): int32 [query_length, key_length].
-
-    Half the buckets (all of them when causal) hold exact distances; the rest
-    are log-spaced up to `max_distance`. In the bidirectional case keys after
-    the query use the upper half. Computed on the host in float32 with the same
-    operation order as the reference code, so bucket edges agree exactly.
-    """
-    relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
-    buckets = np.zeros_like(relative)
-    if bidirectional:
-        num_buckets //= 2
-        buckets += (relative > 0).astype(relative.dtype) * num_buckets
-        distance = np.abs(relative)
-    else:
-        distance = -np.minimum(relative, 0)
-    max_exact = num_buckets // 2
-    scaled = (
-        np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(max_exact))
-        / np.float32(math.log(max_distance / max_exact))
-        * np.float32(num_buckets - max_exact)
-    )
-    large = np.minimum(max_exact + scaled.astype(relative.dtype), num_buckets - 1)
-    buckets += np.where(distance < max_exact, distance, large)
-    return buckets.astype(np.int32)
-
-
 class RMSNorm(nn.Module):
     """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
 
@@ -112,40 +81,6 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
         return normed.astype(self.dtype) * scale.astype(self.dtype)
-
-
-class RelativePositionBias(nn.Module):
-    """Learned scalar bias per (head, bucket): [1, heads, query_length, key_length]."""
-
-    config: T5Config
-    bidirectional: bool
-
-    @nn.compact
-    def __call__(
-        self, query_length: int, key_length: int, query_position: jax.Array | None = None
-    ) -> jax.Array:
-        """-> [1, heads, query_length, key_length]; with `query_position` (decoding one
-        step) only that row: [1, heads, 1, key_length]."""
-        cfg = self.config
-        table = _param(
-            self,
-            "rel_embedding",
-            cfg.d_model**-0.5,
-            (cfg.num_heads, cfg.relative_attention_num_buckets),
-            ("heads", "relpos_buckets"),
-        )
-        buckets = jnp.asarray(
-            relative_position_buckets(
-                query_length,
-                key_length,
-                self.bidirectional,
-                cfg.relative_attention_num_buckets,
-                cfg.relative_attention_max_distance,
-            )
-        )
-        if query_position is not None:
-            buckets = jax.lax.dynamic_slice_in_dim(buckets, query_position, 1, axis=0)
-        return jnp.take(table, buckets, axis=1)[None]
 
 
 def _heads_major(x: jax.Array) -> jax.Array:

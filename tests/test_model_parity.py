@@ -10,7 +10,8 @@ from hf_testlib import T5_1_0, T5_1_1, batch, hf_model, hf_state, relative_error
 from testlib import tiny_config
 
 from t5pipe.hf import t5 as hf_mapping
-from t5pipe.model import T5, init_params, relative_position_buckets, shift_right
+from t5pipe.model import T5, init_params, shift_right
+from t5pipe.relative_position import relative_position_buckets
 
 
 @pytest.mark.parametrize("family", [T5_1_0, T5_1_1], ids=["t5_1_0", "t5_1_1"])

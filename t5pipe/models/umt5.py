@@ -33,10 +33,10 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from t5pipe.model import relative_position_buckets
 from t5pipe.models import Family, layers, name_maps
 from t5pipe.models.config_base import FamilyConfig, check_positive
 from t5pipe.models.encoder_decoder import EncoderDecoder, layer_stack
+from t5pipe.relative_position import relative_position_buckets
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu"}
 
