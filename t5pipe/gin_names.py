@@ -8,6 +8,13 @@ before they were grouped into `DataConfig`, `OptimizationConfig`, `CheckpointCon
 
 from __future__ import annotations
 
+import inspect
+import re
+
+import gin
+
+from t5pipe.errors import nearest
+
 # Bindings of earlier t5pipe releases -> the setting that does the same now.
 GIN_NAME_CHANGES: dict[tuple[str, str], tuple[str, str]] = {
     **{
@@ -62,3 +69,36 @@ GIN_NAME_CHANGES: dict[tuple[str, str], tuple[str, str]] = {
         )
     },
 }
+
+
+def suggestion(message: str) -> str:
+    """' (did you mean ...?)' for gin's message about an unknown name, else ''."""
+    unknown_parameter = re.search(
+        r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message
+    )
+    if unknown_parameter:
+        configurable, parameter = unknown_parameter.groups()
+        return nearest(parameter, _parameters_of(configurable))
+    unknown_configurable = re.search(
+        r"No configurable matching (?:reference )?'@?([\w.]+)", message
+    )
+    if unknown_configurable:
+        return nearest(unknown_configurable.group(1), registered_configurables())
+    return ""
+
+
+def registered_configurables() -> list[str]:
+    names = set()
+    for selector in gin.config._REGISTRY._selector_map:  # gin has no public listing
+        names.update((selector, selector.split(".")[-1]))
+    return sorted(names)
+
+
+def _parameters_of(configurable: str) -> list[str]:
+    """The parameters a binding of `configurable` may name (old names included)."""
+    renamed = [old for selector, old in GIN_NAME_CHANGES if selector == configurable]
+    try:
+        target = gin.config.get_configurable(configurable)
+        return [*inspect.signature(target).parameters, *renamed]
+    except Exception:  # noqa: BLE001 - suggestions are best effort
+        return renamed

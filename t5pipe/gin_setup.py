@@ -40,7 +40,8 @@ import gin
 from gin import config_parser
 
 from t5pipe.errors import UserInputError, nearest
-from t5pipe.gin_names import GIN_NAME_CHANGES
+from t5pipe.gin_dialect import Dialect, DialectDelegate
+from t5pipe.gin_names import GIN_NAME_CHANGES, suggestion
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class ParsedGin:
     """What parsing saw: the files read and where each macro is defined and used."""
 
     files: list[str] = dataclasses.field(default_factory=list)
+    dialect: Dialect = dataclasses.field(default_factory=Dialect)  # t5x names it mapped
     defined: dict[str, str] = dataclasses.field(default_factory=dict)  # macro -> where
     used: dict[str, str] = dataclasses.field(default_factory=dict)  # macro -> where
 
@@ -167,6 +169,8 @@ def parse(
         parser.parse_file(file)
     if bindings:
         parser.parse_text("\n".join(bindings), FLAGS_SOURCE)
+    for scope, selector, parameter, value in parser.report.dialect.finish():
+        gin.bind_parameter((scope, selector, parameter), value)
     check_macros(parser.report, exempt=set(DEFAULT_MACROS), warn_unused=warn_unused)
     return parser.report
 
@@ -209,8 +213,10 @@ class _Parser:
         if including and os.path.isfile(including):
             folders.append(os.path.dirname(including))
         folders.append(os.getcwd())
-        for folder in folders:
-            candidate = os.path.join(folder, name)
+        shipped = self.report.dialect.include(name)  # t5x's path, t5x's files not at hand
+        tries = [(folder, name) for folder in folders]
+        for folder, file in [*tries, *([(self.search_path[0], shipped)] if shipped else [])]:
+            candidate = os.path.join(folder, file)
             if os.path.isfile(candidate):
                 return candidate
         where = f" (included from {including})" if including else ""
@@ -221,7 +227,7 @@ class _Parser:
 
     def _parse(self, stream, source: str, default: bool = False) -> None:
         try:
-            for statement in _statements(stream, source):
+            for statement in _statements(stream, source, DialectDelegate(self.report.dialect)):
                 with _located(statement.location, source):
                     self._apply(statement, source, default)
         except tokenize.TokenError as error:  # an unclosed bracket, an unterminated string
@@ -230,35 +236,37 @@ class _Parser:
             ) from None
 
     def _apply(self, statement, source: str, default: bool) -> None:
-        where = _describe(statement.location, source)
+        where, dialect = _describe(statement.location, source), self.report.dialect
         if isinstance(statement, config_parser.BindingStatement):
             scope, selector, parameter, value, _ = statement
             for macro in _macros_in(value):
                 self.report.used.setdefault(macro, where)
             if not parameter:  # a macro: NAME = value
                 name = f"{scope}/{selector}" if scope else selector
-                gin.bind_parameter((name, _MACRO, "value"), value)
+                gin.bind_parameter((name, _MACRO, "value"), dialect.macro_value(value, where))
                 if not default:
                     self.report.defined[name] = where
                 return
+            if dialect.owns(selector):  # a t5x name: its t5pipe settings
+                for binding in dialect.binding(scope, selector, parameter, value, where):
+                    gin.bind_parameter(binding[:3], binding[3])
+                return
             selector, parameter = GIN_NAME_CHANGES.get((selector, parameter), (selector, parameter))
-            gin.bind_parameter((scope, selector, parameter), value)
+            gin.bind_parameter((scope, selector, parameter), dialect.native(value, where, selector))
         elif isinstance(statement, config_parser.BlockDeclaration):
-            _check_configurable(statement.selector)
+            if not dialect.owns(statement.selector):  # t5x's: checked binding by binding
+                _check_configurable(statement.selector)
         elif isinstance(statement, config_parser.ImportStatement):
-            if statement.module.startswith("__gin__."):
-                raise UserInputError(
-                    f"{where}: `{statement.format()}` is not supported: t5pipe's gin files name "
-                    "configurables without their module"
-                )
-            _import(statement.module, where)
+            module, alias, is_from = statement.module, statement.alias, statement.is_from
+            if not dialect.on_import(module, alias, is_from, where):  # t5x's are never imported
+                _import(module, where)
         elif isinstance(statement, config_parser.IncludeStatement):
             self.parse_file(statement.filename, source if os.path.isfile(source) else None)
 
 
-def _statements(stream, source: str) -> Iterator[Any]:
+def _statements(stream, source: str, delegate) -> Iterator[Any]:
     """gin's statements of `stream`; a syntax error names the file and line."""
-    parser = config_parser.ConfigParser(stream, gin.config.ParserDelegate())
+    parser = config_parser.ConfigParser(stream, delegate)
     while True:
         try:
             statement = parser.parse_statement()
@@ -302,25 +310,8 @@ def _located(location, source: str):
         message = str(error).split("\n  In file", 1)[0].strip()
         raise UserInputError(
             f"gin configuration error in {_describe(location, source)}: {message}"
-            f"{_suggestion(message)}"
+            f"{suggestion(message)}"
         ) from None
-
-
-def _suggestion(message: str) -> str:
-    import re
-
-    unknown_parameter = re.search(
-        r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message
-    )
-    if unknown_parameter:
-        configurable, parameter = unknown_parameter.groups()
-        return nearest(parameter, _parameters_of(configurable))
-    unknown_configurable = re.search(
-        r"No configurable matching (?:reference )?'@?([\w.]+)", message
-    )
-    if unknown_configurable:
-        return nearest(unknown_configurable.group(1), registered_configurables())
-    return ""
 
 
 def _check_configurable(selector: str) -> None:
@@ -332,23 +323,6 @@ def _import(module: str, where: str) -> None:
         importlib.import_module(module)
     except ImportError as error:
         raise UserInputError(f"{where}: cannot import {module!r} ({error})") from None
-
-
-def registered_configurables() -> list[str]:
-    names = set()
-    for selector in gin.config._REGISTRY._selector_map:  # gin has no public listing
-        names.update((selector, selector.split(".")[-1]))
-    return sorted(names)
-
-
-def _parameters_of(configurable: str) -> list[str]:
-    """The parameters a binding of `configurable` may name (old names included)."""
-    renamed = [old for selector, old in GIN_NAME_CHANGES if selector == configurable]
-    try:
-        target = gin.config.get_configurable(configurable)
-        return [*inspect.signature(target).parameters, *renamed]
-    except Exception:  # noqa: BLE001 - suggestions are best effort
-        return renamed
 
 
 def register_configurables() -> None:

@@ -133,3 +133,59 @@ def _with_clipping(transform, global_norm_clip):
     if not (global_norm_clip > 0 and math.isfinite(global_norm_clip)):
         raise ValueError(f"global_norm_clip={global_norm_clip} must be a positive number")
     return optax.chain(optax.clip_by_global_norm(global_norm_clip), transform)
+
+
+FACTORS = (
+    "constant",
+    "linear_warmup",
+    "linear_decay",
+    "rsqrt_decay",
+    "rsqrt_normalized_decay",
+    "decay_every",
+    "cosine_decay",
+)
+
+
+@gin.configurable
+def factor_schedule(
+    factors: str = "constant * linear_warmup * rsqrt_decay",
+    base_learning_rate: float = 0.5,
+    warmup_steps: int = 1000,
+    decay_factor: float = 0.5,
+    steps_per_decay: int = 20_000,
+    steps_per_cycle: int = 100_000,
+    step_offset: int = 0,
+    min_learning_rate: float = 1e-8,
+) -> optax.Schedule:
+    """t5x's `utils.create_learning_rate_scheduler`: the product of the named `factors`
+    ('constant * rsqrt_decay', ...), floored at `min_learning_rate` (t5x gin files map
+    onto it, so their schedules are the same function of the step)."""
+    names = [name.strip() for name in factors.split("*")]
+    unknown = [name for name in names if name not in FACTORS]
+    if unknown:
+        raise ValueError(f"factor_schedule.factors: unknown {unknown}; expected of {FACTORS}")
+
+    def schedule(step):
+        step = jnp.maximum(0.0, jnp.asarray(step, jnp.float32) - step_offset)
+        rate = jnp.float32(1.0)
+        for name in names:
+            if name == "constant":
+                rate = rate * base_learning_rate
+            elif name == "linear_warmup":
+                rate = rate * jnp.minimum(1.0, step / warmup_steps)
+            elif name == "linear_decay":  # includes the warmup and the constant
+                decayed = 1.0 + decay_factor * (warmup_steps - step)
+                rate = rate * base_learning_rate * jnp.minimum(step / warmup_steps, decayed)
+            elif name == "rsqrt_decay":
+                rate = rate / jnp.sqrt(jnp.maximum(step, float(warmup_steps)))
+            elif name == "rsqrt_normalized_decay":
+                rate = rate * jnp.sqrt(float(warmup_steps))
+                rate = rate / jnp.sqrt(jnp.maximum(step, float(warmup_steps)))
+            elif name == "decay_every":
+                rate = rate * decay_factor ** jnp.floor(step / steps_per_decay)
+            else:  # cosine_decay: cycles of steps_per_cycle after the warmup
+                progress = jnp.maximum(0.0, (step - warmup_steps) / float(steps_per_cycle))
+                rate = rate * jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * (progress % 1.0))))
+        return jnp.maximum(rate, min_learning_rate).astype(jnp.float32)
+
+    return schedule

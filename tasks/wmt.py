@@ -6,6 +6,7 @@ scored by BLEU):
     wmt15_enfr_v003     TFDS wmt15_translate/fr-en     (T5's En-Fr)
     wmt14_enfr_v003     TFDS wmt14_translate/fr-en
     wmt16_enro_v003     TFDS wmt16_translate/ro-en     (T5's En-Ro)
+    wmt19_ende_v003     TFDS wmt19_translate/de-en     (t5x's examples; no test split)
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ WMT_TASKS = {
     "wmt15_enfr_v003": ("wmt15_translate/fr-en:1.0.0", "en", "fr"),
     "wmt14_enfr_v003": ("wmt14_translate/fr-en:1.0.0", "en", "fr"),
     "wmt16_enro_v003": ("wmt16_translate/ro-en:1.0.0", "en", "ro"),
+    "wmt19_ende_v003": ("wmt19_translate/de-en:1.0.0", "en", "de"),
 }
+# WMT19 publishes no test split in TFDS.
+SPLITS = {"wmt19_ende_v003": ("train", "validation")}
 
 for _name, (_tfds_name, _source, _target) in WMT_TASKS.items():
     seqio.TaskRegistry.add(
         _name,
-        source=tfds_source(_tfds_name, splits=("train", "validation", "test")),
+        source=tfds_source(_tfds_name, splits=SPLITS.get(_name, ("train", "validation", "test"))),
         preprocessors=text_to_text_preprocessors(
             functools.partial(
                 preprocessors.translate, source_language=_source, target_language=_target

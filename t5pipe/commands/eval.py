@@ -40,6 +40,11 @@ def _parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max_examples", type=int, help="evaluate only the first N per task")
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the configuration (t5x gin files too) and exit; reads no data, writes nothing",
+    )
     rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     return parser.parse_args(rest), dot_bindings
 
@@ -47,7 +52,7 @@ def _parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str]) -> int:
     args, dot_bindings = _parse_flags(argv)
     distributed.initialize(args)
-    gin_setup.parse_command_gin(args, dot_bindings)
+    parsed = gin_setup.parse_command_gin(args, dot_bindings)
     from t5pipe.decoding import DecodingOptions
     from t5pipe.evaluation import EvalOptions, evaluate
 
@@ -63,6 +68,12 @@ def main(argv: list[str]) -> int:
         "decoding": DecodingOptions(),
         "options": EvalOptions(),
     }
+    if args.dry_run:
+        from t5pipe import dry_run
+
+        given = {k: v for k, v in explicit.items() if v is not None}
+        dry_run.print_report("t5pipe eval", dry_run.evaluate_report(given), parsed)
+        return 0
     output_dir = gin_setup.call(evaluate, "evaluate", explicit, FLAGS)
     print(output_dir)
     return 0

@@ -41,10 +41,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, help="inputs per decoding batch")
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the configuration (t5x gin files too) and exit; reads no data, writes nothing",
+    )
     rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     args = parser.parse_args(rest)
     distributed.initialize(args)
-    gin_setup.parse_command_gin(args, dot_bindings)
+    parsed = gin_setup.parse_command_gin(args, dot_bindings)
     from t5pipe.decoding import DecodingOptions
     from t5pipe.inference import infer
 
@@ -58,6 +63,12 @@ def main(argv: list[str]) -> int:
         "batch_size": args.batch_size,
         "decoding": DecodingOptions(),
     }
+    if args.dry_run:
+        from t5pipe import dry_run
+
+        given = {k: v for k, v in explicit.items() if v is not None}
+        dry_run.print_report("t5pipe infer", dry_run.infer_report(given), parsed)
+        return 0
     count = gin_setup.call(infer, "infer", explicit, FLAGS)
     where = f" into {args.output_file}" if args.output_file else ""
     print(f"decoded {count} inputs{where}", file=sys.stderr)

@@ -25,6 +25,11 @@ def _parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the configuration (t5x gin files too) and exit; reads no data, writes nothing",
+    )
     rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     args = parser.parse_args(rest)
     if not args.gin_file and not args.gin_bindings and not dot_bindings:
@@ -32,16 +37,21 @@ def _parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, dot_bindings
 
 
-def configure(argv: list[str]) -> None:
+def configure(argv: list[str]) -> tuple[argparse.Namespace, gin_setup.ParsedGin]:
     """Parses flags and gin files (the registered tasks and configurables known first)."""
     args, dot_bindings = _parse_flags(argv)
     distributed.initialize(args)
-    gin_setup.parse_command_gin(args, dot_bindings)
+    return args, gin_setup.parse_command_gin(args, dot_bindings)
 
 
 def main(argv: list[str]) -> int:
     _quiet_libraries()
-    configure(argv)
+    args, parsed = configure(argv)
+    if args.dry_run:
+        from t5pipe import dry_run
+
+        dry_run.print_report("t5pipe train", dry_run.train_report(), parsed)
+        return 0
     from t5pipe.train import train
 
     summary = gin_setup.call(train, "train")

@@ -1,0 +1,585 @@
+"""What each t5x gin name means in t5pipe: mapped, accepted without effect, or refused.
+
+`RULES[(t5x configurable, parameter)]` translates one binding (`t5pipe.gin_dialect`
+applies it); `REFERENCES` translates `@name()` values. docs/t5x_gin.md is this table
+in prose. Canonical t5x names drop the module path: `utils.DatasetConfig`,
+`network.T5Config`, `__main__.train` (t5x's `train_script.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import gin
+
+from t5pipe.gin_dialect import Refused, T5xReference
+
+Binding = tuple[str, str, str, Any]
+
+
+@gin.configurable
+def sentencepiece_vocabulary(
+    sentencepiece_model_file: str = gin.REQUIRED,
+    extra_ids: int = 0,
+    reverse_extra_ids: bool = True,
+) -> Any:
+    """seqio.SentencePieceVocabulary as t5x's model files configure it (seqio's
+    defaults); the model file is read on first use, not here."""
+    import seqio
+
+    return seqio.SentencePieceVocabulary(
+        sentencepiece_model_file, extra_ids=extra_ids, reverse_extra_ids=reverse_extra_ids
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    t5pipe: str
+    status: str  # mapped | no effect | refused
+    note: str
+    apply: Callable[..., list[Binding]]
+    requires: str = ""  # the values t5pipe accepts, when not every one
+
+
+def _binding(target: str, value: Any) -> Binding:
+    selector, parameter = target.rsplit(".", 1)
+    return ("", selector, parameter, value)
+
+
+def to(*targets: str, note: str = "", convert: Callable[[Any], Any] | None = None) -> Rule:
+    """Binds each t5pipe `Selector.parameter` in `targets` to the value (`convert`ed,
+    with macros resolved, once every file is read)."""
+
+    def apply(ctx, value):
+        ctx.record(value)
+        if convert is None:
+            native = ctx.native(value)
+            return [_binding(target, native) for target in targets]
+        ctx.defer(value, lambda resolved: [_binding(t, convert(resolved)) for t in targets])
+        return []
+
+    return Rule(", ".join(targets), "mapped", note, apply)
+
+
+def noop(reason: str, t5pipe: str = "") -> Rule:
+    """Accepted and listed: the setting has no role in t5pipe (`reason` says why)."""
+
+    def apply(ctx, value):
+        ctx.record(value, "no effect")
+        return []
+
+    return Rule(t5pipe, "no effect", reason, apply)
+
+
+def refuse(message: str) -> Rule:
+    def apply(ctx, value):
+        ctx.refuse(message)
+
+    return Rule("", "refused", message, apply)
+
+
+def only(allowed: Callable[[Any], bool], message: str, t5pipe: str = "", note: str = "",
+         then: Callable[[Any], list[Binding]] | None = None) -> Rule:  # fmt: skip
+    """Accepted for the values `allowed` accepts (checked with macros resolved),
+    refused with `message` otherwise; `then(value)` gives bindings."""
+
+    def apply(ctx, value):
+        ctx.record(value, "mapped")
+
+        def check(resolved):
+            if not allowed(resolved):
+                raise Refused(message)
+            return then(resolved) if then else []
+
+        ctx.defer(value, check)
+        return []
+
+    return Rule(t5pipe, "mapped", note, apply, requires=message)
+
+
+def is_ref(*names: str) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, T5xReference) and value.name in names
+
+
+def by_scope(rules: dict[str, Rule]) -> Rule:
+    """A rule per gin scope (`train/utils.DatasetConfig` vs unscoped)."""
+
+    def apply(ctx, value):
+        rule = rules.get(ctx.scope, rules.get("*"))
+        if rule is None:
+            ctx.refuse(f"scope {ctx.scope!r} is not one of t5x's {sorted(rules)}")
+        ctx.rule = rule
+        return rule.apply(ctx, value)
+
+    shown = "; ".join(
+        f"{scope or 'unscoped'}: {r.t5pipe or r.status}" for scope, r in rules.items()
+    )
+    status = "mapped" if any(r.status == "mapped" for r in rules.values()) else rules[""].status
+    return Rule(shown, status, "", apply)
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def _mlp_activations(value) -> str:
+    kinds = {("relu",): "relu", ("gelu",): "gelu", ("gelu", "linear"): "gated-gelu",
+             ("relu", "linear"): "gated-relu", ("silu", "linear"): "gated-silu",
+             ("swish", "linear"): "gated-silu"}  # fmt: skip
+    key = tuple(value) if isinstance(value, list | tuple) else (value,)
+    if key not in kinds:
+        raise Refused(
+            f"t5pipe's feed-forward kinds are {sorted(kinds)} (T5Config.feed_forward_proj)"
+        )
+    return kinds[key]
+
+
+def _dtype(value) -> str:
+    name = getattr(value, "__name__", None) or str(value)
+    name = name.removeprefix("jnp.").removeprefix("jax.numpy.")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise Refused("expected 'float32', 'bfloat16' or 'float16' (T5Config.dtype)")
+    return name
+
+
+def _microbatches(value) -> int:
+    return 1 if value in (None, 0) else int(value)
+
+
+def _mesh_from_partitions(value) -> tuple[int, int, int]:
+    if not isinstance(value, int) or value < 1:
+        raise Refused("expected a whole number >= 1 (create_mesh.mesh_shape = (-1, 1, N))")
+    return (-1, 1, value)
+
+
+def _mesh_from_submesh(value) -> list[Binding]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not all(isinstance(v, int) for v in value):
+        raise Refused("expected a tuple of whole numbers (the model-parallel submesh)")
+    return [_binding("create_mesh.mesh_shape", (-1, 1, math.prod(value)))]
+
+
+def _decodes(value) -> list[Binding]:
+    """t5x decodes with beam search of `num_decodes` beams (1: greedy)."""
+    if not isinstance(value, int) or value < 1:
+        raise Refused("expected a whole number >= 1")
+    if value == 1:
+        return [_binding("DecodingOptions.method", "greedy")]
+    return [
+        _binding("DecodingOptions.method", "beam"),
+        _binding("DecodingOptions.num_beams", value),
+    ]
+
+
+def _restore_path(value):
+    if value in ([], (), None, ""):
+        return None
+    if isinstance(value, list | tuple):
+        if len(value) != 1:
+            raise Refused(
+                "t5pipe starts from one checkpoint (CheckpointConfig.initial_checkpoint_path)"
+            )
+        return value[0]
+    return value
+
+
+def _seed(value) -> int:
+    return 0 if value is None else value
+
+
+T5_MODULES = "T5's task modules (t5.data.mixtures) are not imported: t5pipe registers T5's tasks"
+
+
+def _task_module(value):
+    """T5's own task modules -> None (t5pipe registers T5's task names itself)."""
+    if isinstance(value, str) and (value == "t5" or value.startswith("t5.")):
+        return None
+    if isinstance(value, list | tuple):
+        return [v for v in value if not (v == "t5" or str(v).startswith("t5."))] or None
+    return value
+
+
+def _infer_lengths(value) -> list[Binding]:
+    if not isinstance(value, dict):
+        return []  # None: as long as the inputs (t5pipe infer's own limit)
+    bindings = []
+    if "inputs" in value:
+        bindings.append(_binding("infer.max_input_length", value["inputs"]))
+    if "targets" in value:
+        bindings.append(_binding("DecodingOptions.max_decode_length", value["targets"]))
+    return bindings
+
+
+TRAIN = "t5pipe trains on the task's 'train' split"
+NO_SCRIPT = "t5pipe has no such entry point"
+SAME_TASK = "t5pipe's train-time evaluation reads the training task's 'validation' split"
+EVAL_BATCH = "EvalConfig.batch_size: t5pipe's teacher-forced and decoded evaluations share it"
+LOGGERS = "t5pipe writes metrics.json, predictions JSONL and TensorBoard events itself"
+
+# t5x's utils.DatasetConfig, unscoped (eval / infer files) or scoped (run files).
+_DATASET = {
+    "mixture_or_task_name": by_scope({
+        "train": to("DataConfig.mixture_or_task_name"),
+        "": to("evaluate.mixture_or_task_name", "infer.mixture_or_task_name"),
+        "train_eval": noop(SAME_TASK), "infer_eval": noop(SAME_TASK),
+    }),
+    "task_feature_lengths": by_scope({
+        "train": to("DataConfig.task_feature_lengths"),
+        "": Rule("evaluate.task_feature_lengths, infer.max_input_length, "
+                 "DecodingOptions.max_decode_length", "mapped", "", lambda ctx, value: (
+                     ctx.record(value), ctx.defer(value, _infer_lengths),
+                     [_binding("evaluate.task_feature_lengths", ctx.native(value))])[-1]),
+        "train_eval": noop("the training lengths (TASK_FEATURE_LENGTHS)"),
+        "infer_eval": noop("decoded evaluation decodes up to the longest target"),
+    }),
+    "split": by_scope({
+        "train": only(lambda v: v == "train", TRAIN),
+        "": to("evaluate.split", "infer.split"),
+        "train_eval": only(lambda v: v == "validation", SAME_TASK),
+        "infer_eval": only(lambda v: v == "validation", SAME_TASK),
+    }),
+    "batch_size": by_scope({
+        "train": to("DataConfig.batch_size"),
+        "": to("evaluate.batch_size", "infer.batch_size"),
+        "train_eval": to("EvalConfig.batch_size"),
+        "infer_eval": noop(EVAL_BATCH),
+    }),
+    "shuffle": by_scope({"train": to("DataConfig.shuffle"),
+                         "*": noop("t5pipe reads evaluation splits in order")}),
+    "seed": by_scope({"train": to("DataConfig.seed", convert=_seed,
+                                  note="None (t5x: a new seed each run) -> 0: t5pipe's data "
+                                  "order is always seeded, so a resumed run reads on exactly"),
+                      "*": noop("t5pipe reads evaluation splits in order")}),
+    "use_cached": by_scope({"train": to("DataConfig.use_cached"),
+                            "*": noop("t5pipe's evaluation reads the split as registered")}),
+    "pack": by_scope({"train": to("DataConfig.pack"),
+                      "*": noop("t5pipe evaluates unpacked examples")}),
+    "use_custom_packing_ops": noop("t5pipe packs with its own ops"),
+    "module": by_scope({"train": to("DataConfig.mixture_or_task_module", convert=_task_module,
+                                    note=T5_MODULES),
+                        "": to("evaluate.mixture_or_task_module", "infer.mixture_or_task_module",
+                               convert=_task_module, note=T5_MODULES),
+                        "*": noop("the training task's module is imported already")}),
+}  # fmt: skip
+
+_T5CONFIG = {
+    "vocab_size": to("T5Config.vocab_size"),
+    "dtype": to("T5Config.dtype", convert=_dtype, note="activation dtype; parameters float32"),
+    "emb_dim": to("T5Config.d_model"),
+    "num_heads": to("T5Config.num_heads"),
+    "num_encoder_layers": to("T5Config.num_encoder_layers"),
+    "num_decoder_layers": to("T5Config.num_decoder_layers"),
+    "head_dim": to("T5Config.d_kv"),
+    "mlp_dim": to("T5Config.d_ff"),
+    "mlp_activations": to("T5Config.feed_forward_proj", convert=_mlp_activations),
+    "dropout_rate": to("T5Config.dropout_rate"),
+    "logits_via_embedding": to(
+        "T5Config.tie_word_embeddings", note="True: shared output layer, decoder output scaled"
+    ),
+    "float32_attention_logits": noop("t5pipe's softmax always runs in float32"),
+    "scan_layers": to("T5Config.scan_layers"),
+}
+
+_PREDICT = {
+    "num_decodes": Rule("DecodingOptions.method, DecodingOptions.num_beams", "mapped",
+                        "t5x beam-searches num_decodes beams (1: greedy)",
+                        lambda ctx, value: (ctx.record(value), ctx.defer(value, _decodes), [])[-1]),
+    "return_all_decodes": to("DecodingOptions.num_decodes", convert=lambda v: _refuse_all(v),
+                             note="the best decode; more: DecodingOptions.num_decodes"),
+}  # fmt: skip
+
+
+def _refuse_all(value):
+    if value:
+        raise Refused("t5pipe returns the best decode; set DecodingOptions.num_decodes = N instead")
+    return 1
+
+
+RULES: dict[tuple[str, str], Rule] = {
+    **{("utils.DatasetConfig", p): r for p, r in _DATASET.items()},
+    **{("network.T5Config", p): r for p, r in _T5CONFIG.items()},
+    **{("models.EncoderDecoderModel.predict_batch_with_aux", p): r for p, r in _PREDICT.items()},
+    ("models.EncoderDecoderModel", "module"): only(
+        is_ref("network.Transformer"), "t5pipe's network is T5 (MODEL = @T5Config())", "MODEL"
+    ),
+    ("models.EncoderDecoderModel", "input_vocabulary"): to(
+        "train.vocabulary", note="eval/infer take the checkpoint's vocabulary"
+    ),
+    ("models.EncoderDecoderModel", "output_vocabulary"): to("train.vocabulary"),
+    ("models.EncoderDecoderModel", "optimizer_def"): to("OptimizationConfig.optimizer"),
+    ("models.EncoderDecoderModel", "z_loss"): to("OptimizationConfig.z_loss"),
+    ("models.EncoderDecoderModel", "label_smoothing"): to("OptimizationConfig.label_smoothing"),
+    ("models.EncoderDecoderModel", "loss_normalizing_factor"): to(
+        "OptimizationConfig.loss_normalizing_factor"
+    ),
+    ("network.Transformer", "config"): only(
+        is_ref("network.T5Config"), "t5pipe's network takes a T5Config", "MODEL = @T5Config()"
+    ),
+    ("adafactor.Adafactor", "decay_rate"): to("adafactor.decay_rate"),
+    ("adafactor.Adafactor", "beta1"): to("adafactor.momentum"),
+    ("adafactor.Adafactor", "clipping_threshold"): to("adafactor.clipping_threshold"),
+    ("adafactor.Adafactor", "multiply_by_parameter_scale"): to(
+        "adafactor.multiply_by_parameter_scale"
+    ),
+    ("adafactor.Adafactor", "factored"): to("adafactor.factored"),
+    ("adafactor.Adafactor", "min_dim_size_to_factor"): to("adafactor.min_dim_size_to_factor"),
+    ("adafactor.Adafactor", "weight_decay_rate"): to("adafactor.weight_decay_rate"),
+    ("adafactor.Adafactor", "step_offset"): only(
+        lambda v: v == 0, "t5pipe's Adafactor has no step offset (only 0)"
+    ),
+    ("adafactor.Adafactor", "logical_factor_rules"): only(
+        is_ref("adafactor.standard_logical_factor_rules"),
+        "only the standard rules: t5pipe factors each matrix over its two largest axes, as "
+        "they do for T5's parameters",
+        note="standard rules: same factoring for T5",
+    ),
+    **{
+        ("utils.create_learning_rate_scheduler", p): to(f"factor_schedule.{p}")
+        for p in (
+            "factors",
+            "base_learning_rate",
+            "warmup_steps",
+            "decay_factor",
+            "steps_per_decay",
+            "steps_per_cycle",
+            "step_offset",
+            "min_learning_rate",
+        )
+    },  # fmt: skip
+    ("trainer.Trainer", "num_microbatches"): to(
+        "OptimizationConfig.num_microbatches", convert=_microbatches, note="None/0 -> 1"
+    ),
+    ("trainer.Trainer", "learning_rate_fn"): to("OptimizationConfig.learning_rate"),
+    ("trainer.TerminateOnNanAction", "task"): noop(
+        "t5pipe stops at the first non-finite training step (OptimizationConfig.on_nonfinite)"
+    ),
+    ("partitioning.PjitPartitioner", "num_partitions"): to(
+        "create_mesh.mesh_shape", convert=_mesh_from_partitions, note="N -> (-1, 1, N)"
+    ),
+    ("partitioning.PjitPartitioner", "model_parallel_submesh"): Rule(
+        "create_mesh.mesh_shape",
+        "mapped",
+        "(a, b, c, d) -> (-1, 1, a*b*c*d)",
+        lambda ctx, value: (ctx.record(value), ctx.defer(value, _mesh_from_submesh), [])[-1],
+    ),
+    ("partitioning.PjitPartitioner", "logical_axis_rules"): only(
+        is_ref("partitioning.standard_logical_axis_rules"),
+        "t5pipe's rule sets are logical_axis_rules.name = 'standard', 'fsdp', "
+        "'tensor_parallel', 'data_parallel'",
+        "logical_axis_rules.name = 'standard'",
+        then=lambda v: [_binding("logical_axis_rules.name", "standard")],
+    ),
+    ("partitioning.standard_logical_axis_rules", "activation_partitioning_dims"): only(
+        lambda v: v == 1, "t5pipe's standard rules split activations over one axis"
+    ),
+    ("partitioning.standard_logical_axis_rules", "parameter_partitioning_dims"): only(
+        lambda v: v == 1,
+        "t5pipe's standard rules split parameters over one axis "
+        "(logical_axis_rules.name = 'fsdp' adds FSDP)",
+    ),
+    ("partitioning.PjitPartitioner", "params_on_devices"): noop("parameters are on devices"),
+    ("partitioning.PjitPartitioner", "backend"): noop("JAX's default backend is used"),
+    ("utils.CheckpointConfig", "restore"): only(
+        lambda v: v is None or is_ref("utils.RestoreCheckpointConfig")(v),
+        "expected @utils.RestoreCheckpointConfig() or None",
+        "CheckpointConfig.initial_checkpoint_path",
+        note="None: no initial checkpoint (MODEL_DIR's own are still resumed)",
+        then=lambda v: [] if v else [_binding("CheckpointConfig.initial_checkpoint_path", None)],
+    ),
+    ("utils.CheckpointConfig", "save"): only(
+        lambda v: v is None or is_ref("utils.SaveCheckpointConfig")(v),
+        "expected @utils.SaveCheckpointConfig() or None",
+        "CheckpointConfig.period",
+        note="None: t5pipe still saves the last step (t5x saves none)",
+        then=lambda v: [] if v else [_binding("CheckpointConfig.period", 2**31 - 1)],
+    ),
+    ("utils.RestoreCheckpointConfig", "path"): to(
+        "CheckpointConfig.initial_checkpoint_path",
+        "evaluate.checkpoint_path",
+        "infer.checkpoint_path",
+        convert=_restore_path,
+        note="[] -> None (from scratch)",
+    ),
+    ("utils.RestoreCheckpointConfig", "mode"): only(
+        lambda v: v == "specific",
+        "t5pipe restores the one checkpoint given (mode 'specific'); "
+        "for the latest or every checkpoint use t5pipe eval --model_dir DIR [--all_checkpoints]",
+    ),
+    ("utils.RestoreCheckpointConfig", "dtype"): noop(
+        "t5pipe restores parameters in float32; activations follow T5Config.dtype"
+    ),
+    ("utils.RestoreCheckpointConfig", "strict"): to(
+        "CheckpointConfig.allow_partial_initial_checkpoint", convert=lambda v: not v
+    ),
+    ("utils.RestoreCheckpointConfig", "restore_dataset"): noop(
+        "t5pipe restores the data position of MODEL_DIR's own checkpoints, never an initial one's"
+    ),
+    ("utils.RestoreCheckpointConfig", "checkpointer_cls"): noop(
+        "t5pipe reads t5pipe, T5X and Orbax layouts itself"
+    ),
+    ("utils.SaveCheckpointConfig", "period"): to("CheckpointConfig.period"),
+    ("utils.SaveCheckpointConfig", "keep"): to("CheckpointConfig.keep"),
+    ("utils.SaveCheckpointConfig", "dtype"): only(
+        lambda v: v == "float32", "t5pipe saves float32 parameters"
+    ),
+    ("utils.SaveCheckpointConfig", "save_dataset"): noop(
+        "every t5pipe checkpoint records the data position (a step count), not the iterator"
+    ),
+    ("utils.SaveCheckpointConfig", "keep_dataset_checkpoints"): noop("no iterator checkpoints"),
+    ("utils.SaveCheckpointConfig", "checkpointer_cls"): noop("t5pipe writes its own layout"),
+    ("seqio.Evaluator", "num_examples"): to("EvalConfig.max_examples", "evaluate.max_examples"),
+    ("seqio.Evaluator", "use_memory_cache"): noop("t5pipe reads each evaluation split once"),
+    ("seqio.Evaluator", "logger_cls"): noop(LOGGERS),
+    ("seqio.JSONLogger", "write_n_results"): only(
+        lambda v: v is None, "t5pipe writes every prediction (there is no limit)"
+    ),
+    ("seqio.SentencePieceVocabulary", "sentencepiece_model_file"): to(
+        "sentencepiece_vocabulary.sentencepiece_model_file"
+    ),
+    ("seqio.SentencePieceVocabulary", "extra_ids"): to("sentencepiece_vocabulary.extra_ids"),
+    ("seqio.ByteVocabulary", "extra_ids"): to("byt5_vocabulary.extra_ids"),
+}
+
+_TRAIN = {
+    "model": to("train.model"),
+    "model_dir": to("train.model_dir"),
+    "train_dataset_cfg": only(is_ref("utils.DatasetConfig"), "expected "
+                              "@train/utils.DatasetConfig()", "train.data = @DataConfig()",
+                              then=lambda v: [_binding("train.data", _native("DataConfig"))]),
+    "train_eval_dataset_cfg": only(lambda v: v is None or is_ref("utils.DatasetConfig")(v),
+                                   "expected @train_eval/utils.DatasetConfig() or None",
+                                   "EvalConfig (teacher-forced)", note=SAME_TASK),
+    "infer_eval_dataset_cfg": to("EvalConfig.with_decoding", convert=lambda v: v is not None,
+                                 note="None: no decoded evaluation"),
+    "checkpoint_cfg": only(is_ref("utils.CheckpointConfig"), "expected @utils.CheckpointConfig()",
+                           "train.checkpoint = @CheckpointConfig()",
+                           then=lambda v: [_binding("train.checkpoint",
+                                                    _native("CheckpointConfig"))]),
+    "partitioner": only(is_ref("partitioning.PjitPartitioner"), "expected "
+                        "@partitioning.PjitPartitioner()", "create_mesh, logical_axis_rules"),
+    "trainer_cls": only(is_ref("trainer.Trainer"), "t5pipe's training loop is its own",
+                        "t5pipe.train"),
+    "total_steps": to("train.train_steps", note="includes the initial checkpoint's steps"),
+    "eval_steps": noop("t5pipe's teacher-forced evaluation covers the examples that "
+                       "EvalConfig.max_examples (EVALUATOR_NUM_EXAMPLES) allows"),
+    "eval_period": to("EvalConfig.period"),
+    "stats_period": to("train.stats_period"),
+    "random_seed": to("train.seed", convert=_seed, note="None -> 0 (runs repeat exactly)"),
+    "use_hardware_rng": noop("t5pipe uses JAX's default PRNG"),
+    "summarize_config_fn": noop("t5pipe writes MODEL_DIR/config.gin itself"),
+    "inference_evaluator_cls": only(is_ref("seqio.Evaluator"), "t5pipe's evaluator computes the "
+                                    "task's metrics", "EvalConfig"),
+    "actions": only(lambda v: _only_nan_actions(v), "t5pipe's only action is stopping on "
+                    "non-finite values (OptimizationConfig.on_nonfinite = 'stop')",
+                    "OptimizationConfig.on_nonfinite = 'stop'"),
+    "run_eval_before_training": only(lambda v: not v, "t5pipe evaluates every EVAL_PERIOD "
+                                     "steps and at the end; evaluate a checkpoint with t5pipe "
+                                     "eval"),
+    "gc_period": noop("t5pipe leaves Python's garbage collector alone"),
+}  # fmt: skip
+
+
+def _only_nan_actions(value) -> bool:
+    if not isinstance(value, dict):
+        return False
+    return all(is_ref("trainer.TerminateOnNanAction")(a) for acts in value.values() for a in acts)
+
+
+def _relative_steps(value):
+    if value is not None:
+        raise Refused("t5pipe train has no relative step count yet: set TRAIN_STEPS to the "
+                      "initial checkpoint's step plus the steps to run")  # fmt: skip
+    return []
+
+
+_TRAIN["relative_steps"] = only(lambda v: True, "", "TRAIN_STEPS_RELATIVE",
+                                note="steps beyond the initial checkpoint's",
+                                then=_relative_steps)  # fmt: skip
+
+_EVALUATE = {
+    "model": noop("the model comes with the checkpoint"),
+    "dataset_cfg": only(is_ref("utils.DatasetConfig"), "expected @utils.DatasetConfig()",
+                        "evaluate.*"),
+    "partitioner": _TRAIN["partitioner"],
+    "restore_checkpoint_cfg": only(is_ref("utils.RestoreCheckpointConfig"),
+                                   "expected @utils.RestoreCheckpointConfig()",
+                                   "evaluate.checkpoint_path"),
+    "output_dir": to("evaluate.output_dir"),
+    "inference_evaluator_cls": _TRAIN["inference_evaluator_cls"],
+    "use_hardware_rng": _TRAIN["use_hardware_rng"],
+}  # fmt: skip
+
+_INFER = {
+    "mode": only(lambda v: v == "predict", "t5pipe infer decodes (mode 'predict'); to score "
+                 "labels use t5pipe eval with EvalOptions.rank_classification = True"),
+    "model": noop("the model comes with the checkpoint"),
+    "output_dir": to("infer.output_file", convert=lambda v: f"{v.rstrip('/')}/infer.jsonl",
+                     note="one JSONL file: OUTPUT_DIR/infer.jsonl"),
+    "dataset_cfg": _EVALUATE["dataset_cfg"],
+    "partitioner": _TRAIN["partitioner"],
+    "restore_checkpoint_cfg": _EVALUATE["restore_checkpoint_cfg"],
+    "checkpoint_period": noop("t5pipe infer writes each batch as it is decoded"),
+    "shard_id": only(lambda v: v == 0, "t5pipe infer decodes the whole split in one job"),
+    "num_shards": only(lambda v: v == 1, "t5pipe infer decodes the whole split in one job"),
+}  # fmt: skip
+
+RULES.update({("__main__.train", p): r for p, r in _TRAIN.items()})
+RULES.update({("__main__.evaluate", p): r for p, r in _EVALUATE.items()})
+RULES.update({("__main__.infer", p): r for p, r in _INFER.items()})
+
+
+def _native(name: str):
+    from t5pipe.gin_dialect import native_reference
+
+    return native_reference(name)
+
+
+# `@name()` of t5x (called or not) -> the t5pipe configurable it becomes.
+REFERENCES: dict[tuple[str, bool], tuple[str, bool]] = {
+    ("models.EncoderDecoderModel", True): ("T5Config", True),
+    ("network.T5Config", True): ("T5Config", True),
+    ("seqio.SentencePieceVocabulary", True): ("sentencepiece_vocabulary", True),
+    ("seqio.ByteVocabulary", True): ("byt5_vocabulary", True),
+    ("adafactor.Adafactor", True): ("adafactor", False),  # t5pipe passes the schedule
+    ("utils.create_learning_rate_scheduler", True): ("factor_schedule", True),
+    ("utils.CheckpointConfig", True): ("CheckpointConfig", True),
+}
+SCOPED_TARGETS: frozenset[str] = frozenset()
+
+WHY_NOT = {
+    "optimizers": "t5x's optax wrappers have no gin equivalent in t5pipe; its optimizers are "
+    "@adafactor and @adamw (adamw.global_norm_clip; schedules cosine_schedule, factor_schedule)",
+    "optax": "optax transformations are not configurable from gin in t5pipe; use @adafactor "
+    "or @adamw",
+    "export_lib": "t5pipe does not export TensorFlow SavedModels",
+    "__main__.precompile": "t5pipe compiles on the first step; there is no precompile mode",
+    "__main__.create_task_from_tfexample_file": "t5pipe infer reads a text file "
+    "(--input_file) or a registered task, not TFExample files",
+    "models.get_input_vocabulary": "t5pipe takes the vocabulary from the checkpoint",
+    "models.get_output_vocabulary": "t5pipe takes the vocabulary from the checkpoint",
+}
+
+
+# What t5x's entry points imply before their first binding: t5pipe's config objects.
+PRELUDES: dict[str, list[Binding]] = {
+    "__main__.train": [
+        _binding("train.data", _native("DataConfig")),
+        _binding("train.optimization", _native("OptimizationConfig")),
+        _binding("train.checkpoint", _native("CheckpointConfig")),
+        _binding("train.evaluation", _native("EvalConfig")),
+    ],
+}
+
+
+def rule_for(name: str, parameter: str) -> Rule | None:
+    return RULES.get((name, parameter))
+
+
+def unknown_reason(name: str) -> str:
+    for prefix, reason in WHY_NOT.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return reason
+    return f"t5pipe's t5x dialect does not map `{name}`"
