@@ -97,6 +97,7 @@ def train_report() -> list[str]:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UserInputError(f"TRAIN_STEPS={steps!r}: expected a whole number >= 1")
     fields = ", ".join(f"{k}={v!r}" for k, v in model.to_dict().items())
+    arguments["optimization"].make_optimizer()  # builds (and so checks) the optimizer
     lines = [
         f"model: {type(model).__name__}({fields})",
         f"train steps: {steps}; batch {data.batch_size}; lengths {dict(data.task_feature_lengths)}",

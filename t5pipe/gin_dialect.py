@@ -195,7 +195,7 @@ class Dialect:
         from t5pipe import gin_dialect_rules as gin_rules
 
         if isinstance(value, T5xReference):
-            target = gin_rules.REFERENCES.get((value.name, value.evaluate))
+            target = gin_rules.reference_for(value.name, value.evaluate)
             if target is None:
                 raise UserInputError(
                     f"{where}: {value!r} has no t5pipe counterpart as {what} "

@@ -35,6 +35,39 @@ def sentencepiece_vocabulary(
     )
 
 
+@gin.configurable
+def optax_chain(transformations: Any = gin.REQUIRED) -> Callable[..., Any]:
+    """t5x's `optimizers.chain`: optax transformations applied in order. As in t5x, the
+    learning rate is the one inside them (`optax.adamw.learning_rate`), not the
+    training loop's schedule."""
+
+    def make(learning_rate):
+        del learning_rate  # the transformations carry their own
+        import optax
+
+        return optax.chain(*transformations)
+
+    make.__name__ = "optax_chain"
+    return make
+
+
+def optax_name(name: str) -> str | None:
+    """`optax.adamw` registered with gin under its own name (optax itself, configured
+    from gin as t5x's files do); None when optax has no such function."""
+    import optax
+
+    function = getattr(optax, name.removeprefix("optax."), None)
+    if not name.startswith("optax.") or not callable(function):
+        return None
+    if name not in _REGISTERED_OPTAX:
+        gin.external_configurable(function, name=name.removeprefix("optax."), module="optax")
+        _REGISTERED_OPTAX.add(name)
+    return name
+
+
+_REGISTERED_OPTAX: set[str] = set()
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     t5pipe: str
@@ -441,6 +474,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("seqio.SentencePieceVocabulary", "extra_ids"): to("sentencepiece_vocabulary.extra_ids"),
     ("seqio.ByteVocabulary", "extra_ids"): to("byt5_vocabulary.extra_ids"),
+    ("optimizers.chain", "transformations"): to(
+        "optax_chain.transformations", note="optax's transformations, learning rate inside"
+    ),
 }
 
 _TRAIN = {
@@ -546,14 +582,14 @@ REFERENCES: dict[tuple[str, bool], tuple[str, bool]] = {
     ("adafactor.Adafactor", True): ("adafactor", False),  # t5pipe passes the schedule
     ("utils.create_learning_rate_scheduler", True): ("factor_schedule", True),
     ("utils.CheckpointConfig", True): ("CheckpointConfig", True),
+    ("optimizers.chain", True): ("optax_chain", True),
 }
 SCOPED_TARGETS: frozenset[str] = frozenset()
 
 WHY_NOT = {
-    "optimizers": "t5x's optax wrappers have no gin equivalent in t5pipe; its optimizers are "
-    "@adafactor and @adamw (adamw.global_norm_clip; schedules cosine_schedule, factor_schedule)",
-    "optax": "optax transformations are not configurable from gin in t5pipe; use @adafactor "
-    "or @adamw",
+    "optimizers": "of t5x's optax wrappers t5pipe maps optimizers.chain (with optax.* inside); "
+    "its own optimizers are @adafactor and @adamw",
+    "optax": "optax has no such function",
     "export_lib": "t5pipe does not export TensorFlow SavedModels",
     "__main__.precompile": "t5pipe compiles on the first step; there is no precompile mode",
     "__main__.create_task_from_tfexample_file": "t5pipe infer reads a text file "
@@ -575,7 +611,16 @@ PRELUDES: dict[str, list[Binding]] = {
 
 
 def rule_for(name: str, parameter: str) -> Rule | None:
+    if name.startswith("optax.") and optax_name(name):
+        return to(f"{name}.{parameter}", note="optax itself")
     return RULES.get((name, parameter))
+
+
+def reference_for(name: str, evaluate: bool) -> tuple[str, bool] | None:
+    """The t5pipe configurable `@name()` of t5x becomes, or None."""
+    if name.startswith("optax.") and optax_name(name):
+        return name, evaluate
+    return REFERENCES.get((name, evaluate))
 
 
 def unknown_reason(name: str) -> str:

@@ -407,3 +407,45 @@ def test_t5s_wmt_task_names_are_registered():
         task = seqio.get_mixture_or_task(name)
         assert "train" in task.splits and "validation" in task.splits
     assert "test" not in seqio.get_mixture_or_task("wmt19_ende_v003").splits
+
+
+def test_optax_chains_build_optax_itself(t5x_tree):
+    import jax.numpy as jnp
+    import optax
+
+    gin_setup.parse(
+        [str(t5x_tree.root / "t5x/examples/t5/t5_1_1/mini.gin")],
+        [
+            "DROPOUT_RATE = 0.0",
+            "from t5x import optimizers",
+            "OPTIMIZER = @optimizers.chain()",
+            "optimizers.chain.transformations = [@optax.clip(), @optax.sgd()]",
+            "optax.clip.max_delta = 0.5",
+            "optax.sgd.learning_rate = 0.1",
+        ],
+    )
+    from t5pipe.train_step import OptimizationConfig
+
+    make = gin.query_parameter("OPTIMIZER/gin.macro.value").scoped_configurable_fn()
+    tx = OptimizationConfig(optimizer=make).make_optimizer()  # as train builds it
+    params = {"w": jnp.zeros(3)}
+    updates, _ = tx.update({"w": jnp.array([2.0, -0.2, 0.1])}, tx.init(params), params)
+    expected = optax.chain(optax.clip(0.5), optax.sgd(0.1))
+    want, _ = expected.update({"w": jnp.array([2.0, -0.2, 0.1])}, expected.init(params), params)
+    np.testing.assert_allclose(updates["w"], want["w"])
+    np.testing.assert_allclose(updates["w"], [-0.05, 0.02, -0.01], rtol=1e-6)
+
+
+def test_the_docs_table_lists_every_mapped_name():
+    from testlib import REPO_ROOT
+
+    from t5pipe import gin_dialect_rules
+    from t5pipe.gin_dialect import display_name
+
+    text = (REPO_ROOT / "docs" / "t5x_gin.md").read_text()
+    missing = [
+        f"{display_name(name)}.{parameter}"
+        for name, parameter in gin_dialect_rules.RULES
+        if f"`{display_name(name)}.{parameter}`" not in text
+    ]
+    assert not missing
