@@ -275,7 +275,7 @@ def test_a_real_t5x_is_never_imported(tmp_path, t5x_tree):
             "`utils.SaveCheckpointConfig.periodd` has no t5pipe equivalent (did you mean: period?)",
         ),
         ("utils.RestoreCheckpointConfig.mode = 'latest'", "t5pipe eval --model_dir DIR"),
-        ("OPTIMIZER = @optimizers.chain()", "@adafactor and @adamw"),
+        ("OPTIMIZER = @optimizers.MultiOptimizer()", "t5pipe maps optimizers.chain"),
         ("train_script.train.relative_steps = 30", "TRAIN_STEPS"),
         ("adafactor.Adafactor.step_offset = 5", "no step offset"),
         ("network.T5Config.mlp_activations = ('tanh',)", "feed_forward_proj"),
