@@ -248,6 +248,10 @@ class Dialect:
         self._deferred.clear()
         return bindings
 
+    def without_effect(self) -> list[str]:
+        """The t5x settings accepted that change nothing in t5pipe."""
+        return list(dict.fromkeys(e.t5x for e in self.entries if e.status == "no effect"))
+
     def summary(self) -> str:
         """The mapping applied, one line per t5x setting."""
         lines = []

@@ -172,6 +172,9 @@ def parse(
     for scope, selector, parameter, value in parser.report.dialect.finish():
         gin.bind_parameter((scope, selector, parameter), value)
     check_macros(parser.report, exempt=set(DEFAULT_MACROS), warn_unused=warn_unused)
+    if warn_unused and parser.report.dialect.without_effect():
+        log.warning("t5x settings without effect in t5pipe (--dry_run lists why): %s",
+                    ", ".join(parser.report.dialect.without_effect()))  # fmt: skip
     return parser.report
 
 
