@@ -5,7 +5,9 @@ Each command module exposes `main(argv: list[str]) -> int` and parses its own fl
 commands import lazily so `t5pipe --help` stays fast. Exit codes (t5pipe.errors):
 0 finished, 1 failure while running, 2 bad command line / configuration / data,
 65 stopped on a non-finite loss, 75 preempted (a checkpoint was saved; rerun).
-Set T5PIPE_DEBUG=1 to get the traceback of any error.
+Set T5PIPE_DEBUG=1 to get the traceback of any error; `--verbose` (anywhere on the
+command line) or T5PIPE_LOG_LEVEL=debug shows every library's log lines
+(`t5pipe.startup`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import os
 import sys
 
+from t5pipe import startup
 from t5pipe.errors import EXIT_BAD_INPUT, T5pipeError, UserInputError, clean_message
 
 COMMANDS = {
@@ -27,13 +30,15 @@ COMMANDS = {
 USAGE = (
     "usage: t5pipe {"
     + ",".join(COMMANDS)
-    + "} [flags]   (t5pipe COMMAND --help)\n\n"
+    + "} [flags] [--verbose]   (t5pipe COMMAND --help)\n\n"
     + "\n".join(f"  {name:<8} {doc}" for name, doc in COMMANDS.items())
+    + "\n\n  --verbose  show every library's log lines (or T5PIPE_LOG_LEVEL=debug)"
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    verbose, argv = startup.verbose_requested(list(argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else EXIT_BAD_INPUT
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"t5pipe: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _hide_gpus_from_tensorflow()
+    startup.configure(verbose)
     module = importlib.import_module(f"t5pipe.commands.{command}")
     try:
         return module.main(rest) or 0
@@ -57,19 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         return error.exit_code
-
-
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow (under seqio) would otherwise grab all GPU memory before JAX."""
-    # TF's C++ INFO/WARNING lines (CPU instruction sets, CUDA stubs) are noise for
-    # t5pipe's users; its errors still show. Users may set the variable themselves.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    except Exception:  # noqa: BLE001 - TF missing or already initialised: nothing to hide
-        pass
 
 
 if __name__ == "__main__":

@@ -379,7 +379,7 @@ def train_batches(
             dataset_split=split,
             shuffle=data.shuffle,
             num_epochs=None,
-            feature_converter=seqio.EncDecFeatureConverter(pack=data.pack),
+            feature_converter=EncDecConverter(pack=data.pack),
             shard_info=seqio.ShardInfo(index=index, num_shards=shards),
             use_cached=data.use_cached,
             seed=data.seed,
@@ -394,6 +394,19 @@ def train_batches(
         )
     dataset = dataset.skip(start_step).prefetch(tf.data.AUTOTUNE)
     return dataset.as_numpy_iterator()
+
+
+class EncDecConverter(seqio.EncDecFeatureConverter):
+    """seqio's encoder-decoder converter, given only the features it converts: packing
+    would drop the rest anyway (`idx`, `*_pretokenized`), with a warning on every run."""
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths):
+        keep = set(task_feature_lengths)
+        ds = ds.map(
+            lambda example: {key: value for key, value in example.items() if key in keep},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        return super()._convert_features(ds, task_feature_lengths)
 
 
 def to_global(batch: NumpyBatch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

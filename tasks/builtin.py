@@ -17,6 +17,7 @@ import seqio
 import tensorflow as tf
 
 from t5pipe.tasks.metrics import accuracy
+from t5pipe.tasks.sources import FunctionSource
 from t5pipe.vocabularies import byt5_vocabulary
 
 REVERSE_TASK = "builtin_reverse_v001"
@@ -72,7 +73,7 @@ def _register() -> None:
             continue
         seqio.TaskRegistry.add(
             name,
-            source=seqio.FunctionDataSource(
+            source=FunctionSource(
                 _dataset_fn(operation), splits=tuple(SPLIT_SIZES), num_input_examples=SPLIT_SIZES
             ),
             preprocessors=[

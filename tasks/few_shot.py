@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from t5pipe.errors import UserInputError
 from t5pipe.tasks import templates
+from t5pipe.tasks.sources import FunctionSource
 
 POOL_SIZE = 1024
 NAME = re.compile(r"^(?P<base>.+)_(?P<k>\d+)shot$")
@@ -154,7 +155,7 @@ def few_shot_task(
     assembler = Assembler(base, k, template, exemplar_format, separator, seed, pool_size)
     return seqio.TaskRegistry.add(
         name,
-        source=seqio.FunctionDataSource(dataset_fn, splits=list(base_task.splits)),
+        source=FunctionSource(dataset_fn, splits=list(base_task.splits)),
         preprocessors=[assembler, *tail],
         output_features=base_task.output_features,
         postprocess_fn=base_task.postprocessor,

@@ -8,7 +8,7 @@
 
 The local readers yield the same examples, with the same features, as the TFDS
 builders, so tasks do not care where their data came from. Sources are
-`seqio.FunctionDataSource`s whose choice is made when a dataset is requested, never
+`FunctionSource`s whose choice is made when a dataset is requested, never
 at registration. Missing data raises `DataNotFoundError`, whose message names the
 dataset, where we looked, and how to prepare it.
 """
@@ -29,6 +29,24 @@ from t5pipe.errors import UserInputError
 
 GLUE_DIR_ENV = "T5PIPE_GLUE_DIR"
 SQUAD_DIR_ENV = "T5PIPE_SQUAD_DIR"
+
+
+class FunctionSource(seqio.FunctionDataSource):
+    """`seqio.FunctionDataSource` without its "uncached FunctionDataset" warning.
+
+    seqio warns because a function's data may come back in the same order after a
+    restart. t5pipe's functions read small data into memory (GLUE TSVs, SQuAD, the
+    built-in tasks, user examples), which the task shuffles whole, or take
+    `shuffle_files` with the seed (TFDS, user text files); a restart resumes in the
+    seeded order. So the warning would only ever be noise here.
+    """
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+        if shard_info and shard_info.num_shards > 1:
+            raise ValueError("a FunctionSource has no low-level shards; use Dataset.shard")
+        if seed is None:
+            return self._dataset_fn(split=split, shuffle_files=shuffle)
+        return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
 
 
 class DataNotFoundError(UserInputError, FileNotFoundError):
@@ -89,7 +107,7 @@ def tfds_source(tfds_name: str, splits: Sequence[str], hint: str = "") -> seqio.
 
     dataset_fn.__name__ = f"tfds:{tfds_name}"
     dataset_fn.description = f"TFDS {tfds_name}"
-    return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+    return FunctionSource(dataset_fn, splits=list(splits))
 
 
 # ---------------------------------------------------------------- GLUE from TSV files
@@ -223,7 +241,7 @@ def glue_source(name: str) -> seqio.FunctionDataSource:
 
     dataset_fn.__name__ = f"glue:{name}"
     dataset_fn.description = f"${GLUE_DIR_ENV}/{layout.folder} or TFDS {tfds_name}"
-    return seqio.FunctionDataSource(dataset_fn, splits=list(layout.files))
+    return FunctionSource(dataset_fn, splits=list(layout.files))
 
 
 def _glue_dataset(examples: list[dict], layout: GlueLayout) -> tf.data.Dataset:
@@ -290,7 +308,7 @@ def squad_source() -> seqio.FunctionDataSource:
 
     dataset_fn.__name__ = "squad:v1.1"
     dataset_fn.description = f"${SQUAD_DIR_ENV} or TFDS squad/v1.1:3.0.0"
-    return seqio.FunctionDataSource(dataset_fn, splits=list(SQUAD_FILES))
+    return FunctionSource(dataset_fn, splits=list(SQUAD_FILES))
 
 
 def _squad_dataset(examples: list[dict]) -> tf.data.Dataset:
@@ -324,7 +342,7 @@ def examples_source(
 
     dataset_fn.__name__ = name
     dataset_fn.description = description or f"in-memory examples ({name})"
-    return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+    return FunctionSource(dataset_fn, splits=list(splits))
 
 
 # ---------------------------------------------------------------- descriptions

@@ -42,6 +42,7 @@ import seqio
 import tensorflow as tf
 
 from t5pipe.errors import UserInputError
+from t5pipe.tasks.sources import FunctionSource
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # the Weyl sequence step with the lowest discrepancy
 UNLABELED = "<unk>"  # an integer label < 0 (test splits), as T5's GLUE preprocessor writes
@@ -214,7 +215,7 @@ def templated_source(
         return render_dataset(dataset, template_set, f"{name} {split}", fixed, seed)
 
     dataset_fn.__name__ = name
-    return seqio.FunctionDataSource(dataset_fn, splits=list(raw.splits))
+    return FunctionSource(dataset_fn, splits=list(raw.splits))
 
 
 # ----------------------------------------------------------------------------- tasks

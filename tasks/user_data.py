@@ -46,7 +46,7 @@ from t5pipe.tasks import metrics as metric_lib
 from t5pipe.tasks import postprocessors, ul2
 from t5pipe.tasks import templates as templating
 from t5pipe.tasks.features import t5_output_features, text_to_text_preprocessors
-from t5pipe.tasks.sources import DataNotFoundError, examples_source
+from t5pipe.tasks.sources import DataNotFoundError, FunctionSource, examples_source
 from t5pipe.tasks.span_corruption import (
     MEAN_NOISE_SPAN_LENGTH,
     NOISE_DENSITY,
@@ -217,7 +217,7 @@ def text_pretraining_task(
 
     if document == "line":
         stream_lines.description = _describe(split_files)
-        source = seqio.FunctionDataSource(stream_lines, splits=list(split_files))
+        source = FunctionSource(stream_lines, splits=list(split_files))
     else:
         source = examples_source(read, list(split_files), name, _describe(split_files))
     options = {}

@@ -12,8 +12,6 @@ import argparse
 import logging
 from typing import Any
 
-import jax
-
 from t5pipe import distributed, gin_setup
 
 
@@ -60,18 +58,14 @@ def main(argv: list[str]) -> int:
 
 
 def _quiet_libraries() -> None:
+    """t5pipe's own log lines as plain text; the libraries' levels are `t5pipe.startup`'s."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("absl", "jax", "orbax", "tensorflow", "seqio", "jax._src"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-        pass
+    logging.getLogger("seqio").setLevel(logging.WARNING)
 
 
 def _print_final(summary: dict[str, Any]) -> None:
+    import jax
+
     if jax.process_index() != 0:
         return
     print(f"finished at step {summary['step']}; checkpoint {summary['checkpoint']}")
