@@ -29,8 +29,6 @@ import glob
 import os
 from collections.abc import Mapping
 
-import jax
-
 FLAG_NAMES = ("coordinator_address", "process_count", "process_index")
 
 # The variables JAX's SLURM detection reads (jax._src.clusters.slurm_cluster); inside an
@@ -120,6 +118,8 @@ def initialize(args: argparse.Namespace) -> str | None:
     """Joins this process to the others, once. Returns how: 'flags', 'slurm', 'tpu', or
     None for a single process (then nothing was done)."""
     global _initialized_by
+    import jax  # here, not at the top: `t5pipe COMMAND --help` stays fast
+
     explicit = validate_distributed_flags(args)
     if _initialized_by is not None:
         return _initialized_by

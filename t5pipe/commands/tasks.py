@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
 from t5pipe import gin_setup
 from t5pipe.errors import UserInputError
 
@@ -38,6 +36,12 @@ def main(argv: list[str]) -> int:
         gin_setup.add_gin_flags(sub)
         sub.add_argument("--module", action="append", default=[], help="import to register tasks")
     args = parser.parse_args(argv)
+    configured = args.module or args.gin_file or args.gin_bindings or dot_bindings
+    if args.command == "list" and not configured:
+        # Only the built-in tasks: t5pipe's own table, without loading seqio/TensorFlow.
+        from t5pipe.task_catalog import MIXTURES, TASKS
+
+        return _print_listing(TASKS, MIXTURES, args.filter)
 
     gin_setup.parse_command_gin(args, dot_bindings)
     import seqio
@@ -46,24 +50,37 @@ def main(argv: list[str]) -> int:
 
     import_task_modules(args.module, "--module")
     if args.command == "list":
-        return _list(seqio, args.filter)
+        tasks, mixtures = registered(seqio)
+        return _print_listing(tasks, mixtures, args.filter)
     return _show(seqio, args)
 
 
-def _list(seqio, name_filter: str) -> int:
-    """One line per task (name, splits, source) and per mixture (name, task:rate, ...)."""
+def registered(seqio) -> tuple[list, list]:
+    """What seqio has registered, as `t5pipe.task_catalog` lists it: tasks as
+    (name, splits, source), mixtures as (name, ((task, rate), ...)), sorted by name."""
     from t5pipe.tasks.sources import describe_source
 
-    rows = [("name", "kind", "splits", "source")]
+    tasks, mixtures = [], []
     for name in sorted(seqio.TaskRegistry.names()):
-        if name_filter in name:
-            task = seqio.get_mixture_or_task(name)
-            rows.append((name, "task", ",".join(task.splits), describe_source(task)))
+        task = seqio.get_mixture_or_task(name)
+        tasks.append((name, tuple(task.splits), describe_source(task)))
     for name in sorted(seqio.MixtureRegistry.names()):
+        mixture = seqio.get_mixture_or_task(name)
+        rates = tuple((task.name, float(mixture.get_rate(task))) for task in mixture.tasks)
+        mixtures.append((name, rates))
+    return tasks, mixtures
+
+
+def _print_listing(tasks, mixtures, name_filter: str) -> int:
+    """One line per task (name, splits, source) and per mixture (name, task:rate, ...)."""
+    rows = [("name", "kind", "splits", "source")]
+    for name, splits, source in tasks:
         if name_filter in name:
-            mixture = seqio.get_mixture_or_task(name)
-            rates = ", ".join(f"{task.name}:{mixture.get_rate(task):g}" for task in mixture.tasks)
-            rows.append((name, "mixture", "", rates))
+            rows.append((name, "task", ",".join(splits), source))
+    for name, rates in mixtures:
+        if name_filter in name:
+            text = ", ".join(f"{task}:{rate:g}" for task, rate in rates)
+            rows.append((name, "mixture", "", text))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
@@ -72,6 +89,8 @@ def _list(seqio, name_filter: str) -> int:
 
 
 def _show(seqio, args) -> int:
+    import numpy as np
+
     from t5pipe.input_pipeline import data_error, get_task
 
     provider = get_task(args.name, "t5pipe tasks show NAME")
