@@ -377,6 +377,8 @@ WHY_NOT = {
     "its own optimizers are @adafactor and @adamw",
     "optax": "optax has no such function",
     "export_lib": "t5pipe does not export TensorFlow SavedModels",
+    "seqio.Feature": "features are built in t5x's export and TFExample-inference run files; "
+    "t5pipe does not export TensorFlow SavedModels nor read TFExample files for inference",
     "__main__.precompile": "t5pipe compiles on the first step; there is no precompile mode",
     "__main__.create_task_from_tfexample_file": "t5pipe infer reads a text file "
     "(--input_file) or a registered task, not TFExample files",
