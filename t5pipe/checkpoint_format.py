@@ -28,7 +28,7 @@ from etils import epath
 from t5pipe import pytrees
 from t5pipe.errors import UserInputError, first_line
 from t5pipe.model_config import T5Config
-from t5pipe.vocabularies import vocabulary_from_spec, vocabulary_to_spec
+from t5pipe.vocabularies import check_vocabulary, vocabulary_from_spec, vocabulary_to_spec
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
@@ -93,9 +93,20 @@ def require_checkpoint(path: str | Path, role: str = "checkpoint") -> epath.Path
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = require_checkpoint(path)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    restored = checkpointer.restore(
-        path, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
-    )
+    try:
+        restored = checkpointer.restore(
+            path, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        )
+    except (ValueError, UnicodeDecodeError, TypeError) as error:  # JSONDecodeError is one
+        raise UserInputError(
+            f"{path / META_ITEM / 'metadata'}: not the JSON a t5pipe checkpoint records "
+            f"({type(error).__name__}: {str(error)[:200]}); the file is damaged. Use another "
+            "checkpoint."
+        ) from None
+    if not isinstance(restored[META_ITEM], dict):
+        raise UserInputError(
+            f"{path / META_ITEM / 'metadata'}: expected a JSON object; the file is damaged"
+        )
     return restored[META_ITEM]
 
 
@@ -104,7 +115,11 @@ def load_model_config(path: str | Path) -> T5Config:
 
 
 def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
-    return vocabulary_from_spec(read_meta(path)["vocabulary"])
+    """The vocabulary the checkpoint records, checked to load (a file that is not a
+    SentencePiece model is an error naming the checkpoint)."""
+    vocabulary = vocabulary_from_spec(read_meta(path)["vocabulary"])
+    check_vocabulary(vocabulary, f"checkpoint {path} (the vocabulary its meta/ records)")
+    return vocabulary
 
 
 def load_state(path: str | Path, target: Any | None = None) -> dict[str, Any]:

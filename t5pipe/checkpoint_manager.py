@@ -7,8 +7,11 @@ and vocabulary), so it is itself a checkpoint `t5pipe eval/infer` can read.
 Crash safety: orbax writes a save into `<step>.orbax-checkpoint-tmp*` and
 renames it when complete (`commit_success.txt` inside), so a process killed
 mid-save leaves the previous `<step>` folders intact. On start,
-`remove_incomplete` warns about and deletes anything that is not a complete
-checkpoint.
+`remove_incomplete` deletes only orbax's own temporary folders (`<step>.orbax-checkpoint-
+tmp*`) that this process created or that are older than the MODEL_DIR lock (a writer that
+died); everything else that is not a complete checkpoint (a user's `60.bak`, notes, a
+`<step>` whose `meta/` is missing) is listed once and left alone, and orbax never sees it:
+`_CompleteSteps` hides it, so retention never deletes it and a save over it is skipped.
 
 Retention: the last `keep` checkpoints, plus the best by an eval metric when
 `best_metric` is set (its value at the most recent eval before each save).
@@ -17,6 +20,7 @@ Retention: the last `keep` checkpoints, plus the best by an eval metric when
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import re
 from pathlib import Path
@@ -26,8 +30,9 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
-from t5pipe.checkpoint_format import META_ITEM, STATE_ITEM, is_checkpoint, resolve_path
-from t5pipe.errors import UserInputError
+from t5pipe import checkpoint_integrity
+from t5pipe.checkpoint_format import META_ITEM, STATE_ITEM, is_checkpoint, read_meta, resolve_path
+from t5pipe.errors import T5pipeError, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +104,88 @@ def latest_checkpoint(model_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def remove_incomplete(directory: Path) -> list[Path]:
-    """Deletes (with a warning) every entry of `directory` that is not a complete checkpoint.
+TMP_MARKER = ".orbax-checkpoint-tmp"
 
-    Only the primary process deletes; the others just report.
+
+def remove_incomplete(directory: Path, older_than: float | None = None) -> list[Path]:
+    """Deletes orbax temporary folders a dead writer left behind; lists everything else.
+
+    A temporary folder is deleted when it is older than `older_than` (the start time of
+    this run's MODEL_DIR lock: no live writer can still be filling it). Anything else that
+    is not a complete checkpoint is reported once and kept. Only the primary process
+    deletes. Returns the deleted paths.
     """
     if not directory.is_dir():
         return []
-    removed = []
+    removed, kept = [], []
     for entry in sorted(directory.iterdir()):
-        if entry.is_dir() and is_complete(entry):
+        if entry.name.startswith(".") or (entry.is_dir() and is_complete(entry)):
             continue
-        if entry.name.startswith("."):
-            continue
-        log.warning(
-            "skipping incomplete checkpoint %s (a save was interrupted); deleting it", entry
-        )
-        removed.append(entry)
-        if jax.process_index() == 0:
-            if entry.is_dir():
+        if TMP_MARKER in entry.name and entry.is_dir() and _older(entry, older_than):
+            log.warning("deleting %s: a save that was interrupted left it", entry)
+            removed.append(entry)
+            if jax.process_index() == 0:
                 entry.rmtree(missing_ok=True)
-            else:
-                entry.unlink(missing_ok=True)
+        else:
+            kept.append(entry)
+    if kept:
+        log.warning(
+            "%s holds entries that are not complete checkpoints; they are skipped and left "
+            "alone: %s",
+            directory,
+            "; ".join(f"{e.name} ({_why_not_complete(e)})" for e in kept),
+        )
     return removed
 
 
-def make_manager(model_dir: str | Path, config: CheckpointConfig) -> ocp.CheckpointManager:
+def _older(entry: Path, than: float | None) -> bool:
+    if than is None:
+        return False
+    try:
+        return entry.stat().mtime < than
+    except OSError:
+        return False
+
+
+def _why_not_complete(entry: Path) -> str:
+    if not entry.is_dir():
+        return "a file"
+    if TMP_MARKER in entry.name:
+        return "a save in progress, or newer than this run's lock"
+    if re.fullmatch(r"\d+", entry.name) is None:
+        return "not a step number"
+    if (entry / STATE_ITEM).is_dir() and not (entry / META_ITEM).exists():
+        return f"{STATE_ITEM}/ present but {META_ITEM}/ missing"
+    return "not committed"
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompleteSteps:
+    """orbax's standard step names, but only complete checkpoints are found: orbax's
+    retention then never deletes, and its restore never reads, anything else."""
+
+    inner: Any = dataclasses.field(default_factory=ocp.step.standard_name_format)
+
+    def build_name(self, step: int) -> str:
+        return self.inner.build_name(step)
+
+    def find_all(self, base_path):
+        return (m for m in self.inner.find_all(base_path) if is_complete(Path(m.path)))
+
+    def find_step(self, base_path, step: int):
+        metadata = self.inner.find_step(base_path, step)
+        if not is_complete(Path(metadata.path)):
+            raise ValueError(f"no complete checkpoint for step {step} in {base_path}")
+        return metadata
+
+
+def make_manager(
+    model_dir: str | Path, config: CheckpointConfig, lock_time: float | None = None
+) -> ocp.CheckpointManager:
     """A manager that keeps the last `config.keep` (None: all) and the best by
-    `config.best_metric`."""
+    `config.best_metric`; orbax tmp folders older than `lock_time` are removed."""
     directory = checkpoints_dir(model_dir)
-    remove_incomplete(directory)
+    remove_incomplete(directory, lock_time)
     policies: list[Any] = []
     if config.keep is not None:
         policies.append(ocp.checkpoint_managers.LatestN(config.keep))
@@ -148,6 +205,7 @@ def make_manager(model_dir: str | Path, config: CheckpointConfig) -> ocp.Checkpo
             ocp.checkpoint_managers.AnyPreservationPolicy(policies) if policies else None
         ),
         create=True,
+        step_name_format=_CompleteSteps(),
     )
     return ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, META_ITEM))
 
@@ -162,6 +220,11 @@ def save(
     step = int(jax.device_get(state["step"]))
     if step in manager.all_steps():
         return step
+    occupied = Path(manager.directory) / str(step)
+    if occupied.exists():  # not a complete checkpoint (else orbax would list it): not ours
+        log.warning("not saving step %d: %s exists and is left alone", step, occupied)
+        return step
+    meta = checkpoint_integrity.with_checksums(meta, state)
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -173,9 +236,109 @@ def save(
     return step
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict[str, Any]:
-    """The state saved at `step`, placed and typed like `abstract_state` (ShapeDtypeStructs)."""
+def restore(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, say=None
+) -> dict[str, Any]:
+    """The state saved at `step`, placed and typed like `abstract_state` (ShapeDtypeStructs),
+    and verified against its checksums (raises `CorruptCheckpoint`; one `say` line when
+    it has none)."""
     restored = manager.restore(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
     )
+    path = Path(manager.directory) / str(step)
+    checkpoint_integrity.verify(restored[STATE_ITEM], read_meta(path), path, say=say)
     return restored[STATE_ITEM]
+
+
+def restore_newest_good(manager, abstract_state: Any, say) -> dict[str, Any] | None:
+    """The newest checkpoint that restores and verifies; a corrupt or unreadable newer
+    one is reported (which and why) and kept, set aside as `<step>.corrupt` so that this
+    run can save that step again. None when no checkpoint restores."""
+    directory = Path(manager.directory)
+    bad = []
+    state = None
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore(manager, step, abstract_state, say=say)
+            break
+        except Exception as error:  # noqa: BLE001 - any failure to read means: not this one
+            why = checkpoint_integrity.clean_reason(error)
+            bad.append(step)
+            say(f"checkpoint {directory / str(step)} cannot be used ({why}); trying an older one")
+    for step in bad:
+        aside = _aside_name(directory, step)
+        (directory / str(step)).rename(aside)
+        say(f"kept the unusable checkpoint {directory / str(step)} as {aside} (not deleted)")
+    if bad:
+        manager.reload()
+        if state is not None:
+            say(f"falling back to checkpoint {directory / str(int(state['step']))}")
+    return state
+
+
+def _aside_name(directory: Path, step: int) -> Path:
+    aside = directory / f"{step}.corrupt"
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = directory / f"{step}.corrupt{number}"
+    return aside
+
+
+def newest_verified(manager, abstract_state: Any) -> tuple[int | None, bool]:
+    """(the newest step whose checkpoint restores and matches its checksums, whether it
+    has checksums at all); (None, False) when none does. Reads each candidate back."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}),
+            )
+            path = Path(manager.directory) / str(step)
+            meta = read_meta(path)
+            bad = checkpoint_integrity.mismatches(restored[STATE_ITEM], meta)
+        except Exception:  # noqa: BLE001 - unreadable: not a checkpoint to point to
+            continue
+        if not bad:
+            return step, bad is not None
+    return None, False
+
+
+class SaveFailed(T5pipeError):
+    """A checkpoint save failed (disk full, I/O error): the run stops, exit code 1."""
+
+
+def save_failed(manager, step: int | None, error: BaseException) -> SaveFailed:
+    """The one message for a failed save: which step, why, and the checkpoint still intact."""
+    cause = _os_error(error)
+    why = f"{cause.strerror or cause}" if cause is not None else f"{type(error).__name__}: {error}"
+    if cause is not None and cause.errno == errno.ENOSPC:
+        why += " (disk full)"
+    directory = Path(manager.directory)
+    intact = [found for found in sorted(int(e.name) for e in directory.iterdir()
+              if e.is_dir() and is_complete(e)) if found != step]  # fmt: skip
+    previous = (
+        f"the previous checkpoint {directory / str(intact[-1])} is intact"
+        if intact
+        else "no earlier checkpoint exists"
+    )
+    at = f"at step {step} " if step is not None else ""
+    return SaveFailed(
+        f"saving the checkpoint {at}into {directory} failed: {why[:300]}. Training stopped; "
+        f"{previous}. Free space (or fix the disk) and rerun the same command to resume."
+    )
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error` (its causes, contexts and exception groups)."""
+    seen, todo = set(), [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        todo.extend([current.__cause__, current.__context__])
+        todo.extend(getattr(current, "exceptions", ()))
+    return None

@@ -11,13 +11,17 @@ events.out.tfevents.*      TensorBoard scalars "eval/<task>/<metric>" at the ste
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from t5pipe.errors import UserInputError
 
 MAX_CLASSES_FOR_TABLE = 50
 
@@ -80,6 +84,24 @@ def per_class_table(
 
 def _hashable(value: Any) -> Any:
     return value if isinstance(value, int | str | float) else str(value)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """The folder (or the nearest existing one it would be created in) accepts files:
+    checked before any decoding, so that results are never computed only to be lost.
+    A probe file is created and removed; nothing that exists changes."""
+    existing = Path(output_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".t5pipe_write_probe_", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserInputError(
+            f"the eval output folder {output_dir} is not writable ({existing}: "
+            f"{error.strerror}); choose another with --output_dir"
+        ) from None
 
 
 def write_results(

@@ -31,7 +31,7 @@ from t5pipe import checkpoint_manager, input_pipeline, partitioning
 from t5pipe.checkpoint_format import require_checkpoint
 from t5pipe.decoding import DecodingOptions
 from t5pipe.errors import UserInputError
-from t5pipe.eval_outputs import to_python, write_results
+from t5pipe.eval_outputs import check_output_dir, to_python, write_results
 from t5pipe.inference import (
     decode_texts,
     decode_token_rows,
@@ -339,6 +339,7 @@ def evaluate(
             )
         output_dir = str(Path(model_dir) / "eval")
     output_dir = Path(output_dir).absolute()
+    check_output_dir(output_dir)
     mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
     batching = Batching(batch_size, mesh, rules)
     label_names = {task.name: label_classes(task) for task in tasks if label_classes(task)}

@@ -6,6 +6,8 @@ trainer's evaluation and `t5pipe.api` share.
     to_host             a (sharded) jax.Array -> the whole numpy array, on every process
     predict_texts       decode texts -> [{"text", "score", "log_prob"}, ...] per input
     infer               the `t5pipe infer` entry: inputs from a file/stdin/task -> JSONL
+                        (written batch by batch to a temporary file beside the output,
+                        renamed at the end; NaN scores as null)
 
 Batches always hold a multiple of the mesh's data-parallel size
 (`partitioning.data_parallel_size`), padded with empty rows.
@@ -14,7 +16,10 @@ Batches always hold a multiple of the mesh's data-parallel size
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ import jax
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_format, partitioning
+from t5pipe import checkpoint_format, checkpoint_integrity, partitioning
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params
@@ -35,13 +40,19 @@ from t5pipe.scoring import bucket_length, encode_texts, pad_batch
 def load_for_inference(path: str | Path, mesh, rules) -> tuple[Any, T5Config, seqio.Vocabulary]:
     """(params placed on `mesh`, config, vocabulary) from a self-describing checkpoint.
 
-    Training-only settings (dropout, remat) are switched off.
+    Training-only settings (dropout, remat) are switched off. The parameters are checked
+    against the checkpoint's checksums (`CorruptCheckpoint`, exit 2, names the array).
     """
     config = checkpoint_format.load_model_config(path)
     config = config.replace(dropout_rate=0.0, remat_policy="none")
     shapes, specs = abstract_params(config)
     target = partitioning.sharded_abstract(shapes, specs, mesh, rules)
-    params = checkpoint_format.load_params(path, target)
+    try:
+        params = checkpoint_format.load_params(path, target)
+    except Exception as error:  # noqa: BLE001 - TensorStore/orbax: the files are damaged
+        raise checkpoint_integrity.unreadable(path, error) from None
+    meta = checkpoint_format.read_meta(path) if checkpoint_format.is_checkpoint(path) else {}
+    checkpoint_integrity.verify({"params": params}, meta, path)  # refuses a corrupt one
     return params, config, checkpoint_format.load_vocabulary(path)
 
 
@@ -207,6 +218,7 @@ def infer(
     if mixture_or_task_name and input_file:
         raise UserInputError("t5pipe infer: give --input_file or --task, not both")
     checkpoint = checkpoint_format.require_checkpoint(checkpoint_path, "--checkpoint")
+    _check_not_same(input_file, output_file)
     if mixture_or_task_name:
         records = list(_task_inputs(mixture_or_task_name, split, max_examples))
     elif input_file in (None, "-"):
@@ -215,10 +227,9 @@ def infer(
         records = list(_text_inputs(input_file))  # read (and checked) before decoding
     mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
     params, config, vocabulary = load_for_inference(checkpoint, mesh, rules)
-    out = sys.stdout if output_file in (None, "-") else None
-    if out is None:
-        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
-        out = open(output_file, "w", encoding="utf-8")  # noqa: SIM115
+    # Written beside the output and renamed at the end: the output (or anything at its
+    # path) is replaced only by a complete result; a crash leaves the partial file.
+    out, partial = (sys.stdout, None) if output_file in (None, "-") else _open_partial(output_file)
     rng, count = jax.random.PRNGKey(seed), 0
     try:
         for chunk in _chunks(records, batch_size):
@@ -235,10 +246,56 @@ def infer(
                         "prediction": record_decodes[0]["text"],
                         "decodes": record_decodes,
                     }
-                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    out.write(json.dumps(_finite(line), ensure_ascii=False) + "\n")
                 out.flush()
             count += len(chunk)
     finally:
-        if out is not sys.stdout:
+        if partial is not None:
             out.close()
+    if partial is not None:
+        os.replace(partial, output_file)
     return count
+
+
+def _finite(value: Any) -> Any:
+    """NaN/Inf scores -> None (JSON null): the output stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _check_not_same(input_file: str | None, output_file: str | None) -> None:
+    if input_file in (None, "-") or output_file in (None, "-"):
+        return
+    same = Path(input_file).absolute() == Path(output_file).absolute()
+    if not same and Path(input_file).exists() and Path(output_file).exists():
+        same = os.path.samefile(input_file, output_file)
+    if same:
+        raise UserInputError(
+            f"--input_file and --output_file are the same file ({output_file}): decoding would "
+            "overwrite the inputs. Write the predictions to another file."
+        )
+
+
+def _open_partial(output_file: str):
+    """(an open temporary file beside `output_file`, its path); a folder that cannot take
+    files is reported before any decoding."""
+    folder = Path(output_file).absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(
+            prefix=f".{Path(output_file).name}.", suffix=".partial", dir=folder
+        )
+    except OSError as error:
+        raise UserInputError(
+            f"--output_file {output_file}: cannot write in {folder} ({error.strerror}). "
+            "Choose a writable place for the predictions."
+        ) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # the permissions a plain open() would give
+    return os.fdopen(handle, "w", encoding="utf-8"), partial

@@ -224,7 +224,24 @@ def check_task(data: DataConfig) -> seqio.Task | seqio.Mixture:
     import_task_modules(data.mixture_or_task_module, "MIXTURE_OR_TASK_MODULE")
     task_or_mixture = get_task(data.mixture_or_task_name)
     check_feature_lengths(task_or_mixture, data.task_feature_lengths)
+    _check_rates(task_or_mixture)
     return task_or_mixture
+
+
+def _check_rates(mixture) -> None:
+    """A mixture samples its tasks by rate; all zero, it could never yield an example."""
+    if not isinstance(mixture, seqio.Mixture):
+        return
+    try:
+        total = mixture.total_rate
+    except Exception:  # noqa: BLE001 - a rate function that fails is seqio's to report
+        return
+    if total <= 0:
+        rates = ", ".join(f"{name}={rate}" for name, rate in mixture.rate_per_task_name.items())
+        raise UserInputError(
+            f"mixture {mixture.name}: the rates of its tasks sum to {total} ({rates}); it can "
+            "never yield an example. Give at least one task a positive rate."
+        )
 
 
 def check_first_examples(

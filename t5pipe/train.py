@@ -7,7 +7,7 @@ INITIAL_CHECKPOINT_PATH when set) and repeats `jit(train_step)` on global batche
 log every `stats_period` steps, evaluate every EVAL_PERIOD steps, save every
 CHECKPOINT_PERIOD steps (asynchronously) and at the end.
 
-SIGTERM saves at the step it arrives and raises `Preempted`; a NaN/Inf loss, gradient
+SIGTERM (or Ctrl-C) saves at the step it arrives and raises `Preempted`; a NaN/Inf loss, gradient
 or update raises `NonFiniteLoss` (or is skipped with on_nonfinite='skip'); the update
 of such a step is never applied.
 """
@@ -27,6 +27,7 @@ import seqio
 from t5pipe import (
     checkpoint_manager,
     input_pipeline,
+    model_dir_lock,
     partitioning,
     peft,
     train_logging,
@@ -95,14 +96,39 @@ def train(
     if dry_run:
         return {"start": start, "step": None}
 
-    # Everything was checked: from here on MODEL_DIR is written.
-    manager = checkpoint_manager.make_manager(model_dir, checkpoint)
+    # Everything was checked: from here on MODEL_DIR is written, by this run only.
+    with model_dir_lock.acquire(model_dir, say=train_logging.say) as lock:
+        loop, step_fn = _run(
+            model_dir, train_steps, model, data, optimization, checkpoint, evaluation,
+            vocabulary, seed, stats_period, peak_flops_per_device, mesh, rules, tx, layout,
+            start, lock,
+        )  # fmt: skip
+    train_logging.write_operative_config(model_dir)
+    if model.prompt_length > 0:
+        peft.save_prompt(model_dir / "prompt", jax.device_get(loop.state["params"]))
+    return {
+        "step": loop.step,
+        "eval": loop.last_eval,
+        "stopped": loop.stopped,
+        "train_step_compilations": step_fn._cache_size(),
+        "checkpoint": str(checkpoint_manager.checkpoints_dir(model_dir) / str(loop.step)),
+        "state": loop.state,
+    }
+
+
+def _run(
+    model_dir, train_steps, model, data, optimization, checkpoint, evaluation, vocabulary,
+    seed, stats_period, peak_flops_per_device, mesh, rules, tx, layout, start, lock,
+):  # fmt: skip
+    """Restores or initialises the state, then runs the loop; returns (loop, step_fn)."""
+    manager = checkpoint_manager.make_manager(model_dir, checkpoint, lock.start_time)
     log = train_logging.MetricsLog(model_dir, train_steps)
     try:
         with partitioning.activation_rules(mesh, rules):
             state = train_state.start_state(
                 start, layout, model, tx, seed, manager, checkpoint, say=log.message
             )
+        log.start(int(jax.device_get(state["step"])))
         train_logging.write_model_info(
             model_dir,
             partitioning.describe_params(
@@ -145,22 +171,22 @@ def train(
         log.message(f"training {data.mixture_or_task_name} from step {loop.step} to {train_steps}")
         with partitioning.activation_rules(mesh, rules):
             loop.run(batches, batch_sharding, evaluator, throughput)
+    except checkpoint_manager.SaveFailed:
+        _close_quietly(manager)  # the failure is reported once, not again by orbax
+        raise
     finally:
         log.close()
         manager.wait_until_finished()
         manager.close()
+    return loop, step_fn
 
-    train_logging.write_operative_config(model_dir)
-    if model.prompt_length > 0:
-        peft.save_prompt(model_dir / "prompt", jax.device_get(loop.state["params"]))
-    return {
-        "step": loop.step,
-        "eval": loop.last_eval,
-        "stopped": loop.stopped,
-        "train_step_compilations": step_fn._cache_size(),
-        "checkpoint": str(checkpoint_manager.checkpoints_dir(model_dir) / str(loop.step)),
-        "state": loop.state,
-    }
+
+def _close_quietly(manager) -> None:
+    for close in (manager.wait_until_finished, manager.close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001, S110 - already reported as SaveFailed
+            pass
 
 
 def _checked_vocabulary(task, vocabulary, model: T5Config) -> seqio.Vocabulary:
@@ -193,6 +219,7 @@ class _Loop:
         self.last_eval: dict[str, float] = {}
         self.stopped: str | None = None
         self._pending: tuple[int, dict[str, Any]] | None = None
+        self._saving: int | None = None  # the step of the save last started
 
     def run(self, batches, batch_sharding, evaluator: TrainEvaluator, throughput) -> None:
         sigterm = _SigtermFlag()
@@ -202,7 +229,7 @@ class _Loop:
                 if sigterm.should_stop(self.step):
                     self._check_nonfinite()
                     self._save()
-                    self.manager.wait_until_finished()
+                    self._wait()
                     path = checkpoint_manager.checkpoints_dir(self.model_dir) / str(self.step)
                     raise Preempted(self.step, path)
                 host_batch = next(batches)
@@ -241,13 +268,27 @@ class _Loop:
                     self.log.message(self.stopped)
                     break
             self._check_nonfinite()
-            self.manager.wait_until_finished()
+            self._wait()
         finally:
             sigterm.restore()
 
     def _save(self) -> None:
         metrics = self.last_eval if self.best_metric in self.last_eval else None
-        checkpoint_manager.save(self.manager, self.state, self.meta, metrics)
+        try:  # orbax first waits for the previous (asynchronous) save: its failure shows here
+            checkpoint_manager.save(self.manager, self.state, self.meta, metrics)
+        except Exception as error:
+            previous_done = self._saving is None or checkpoint_manager.is_complete(
+                Path(self.manager.directory) / str(self._saving)
+            )
+            failed = self.step if previous_done else self._saving
+            raise checkpoint_manager.save_failed(self.manager, failed, error) from error
+        self._saving = self.step
+
+    def _wait(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            raise checkpoint_manager.save_failed(self.manager, self._saving, error) from error
 
     def _check_nonfinite(self) -> None:
         """Acts on the previous step's non-finite flag (read one step late, so the host
@@ -259,10 +300,13 @@ class _Loop:
         if not bool(jax.device_get(metrics["nonfinite"])):
             return
         if self.on_nonfinite == "stop":
-            self.manager.wait_until_finished()
-            raise NonFiniteLoss(
-                _nonfinite_message(step, self.manager.latest_step(), self.model_dir)
+            self._wait()
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                self.state,
             )
+            good, verified = checkpoint_manager.newest_verified(self.manager, abstract)
+            raise NonFiniteLoss(_nonfinite_message(step, good, verified, self.model_dir))
         self.log.message(
             f"step {step}: non-finite loss, gradient or update; update skipped "
             f"({int(jax.device_get(metrics['skipped_steps']))} skipped so far)"
@@ -270,7 +314,8 @@ class _Loop:
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks at each step boundary.
+    """Turns SIGTERM, and Ctrl-C (SIGINT), into a flag the loop checks at each step
+    boundary: both save at that step and exit 75.
 
     With several processes JAX's coordination service receives the signal and
     `reached_preemption_sync_point` makes all processes stop at the same step.
@@ -278,10 +323,11 @@ class _SigtermFlag:
 
     def __init__(self):
         self.received = False
-        self._previous = None
+        self._previous = {}
         self.multiprocess = jax.process_count() > 1
         if not self.multiprocess:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -295,16 +341,20 @@ class _SigtermFlag:
         return self.received
 
     def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-def _nonfinite_message(step: int, last_checkpoint: int | None, model_dir: Path) -> str:
+def _nonfinite_message(
+    step: int, last_checkpoint: int | None, verified: bool, model_dir: Path
+) -> str:
     last_path = checkpoint_manager.checkpoints_dir(model_dir) / str(last_checkpoint)
+    how = "verified against its checksums" if verified else "it records no checksums"
     where = (
-        f"the last good checkpoint is {last_path} (rerunning the command resumes from it)"
+        f"the newest checkpoint that reads back intact is {last_path} ({how}; rerunning the "
+        "command resumes from it)"
         if last_checkpoint is not None
-        else "no checkpoint was saved yet"
+        else "no checkpoint that reads back intact was saved yet"
     )
     return (
         f"non-finite loss or gradient (NaN/Inf) at step {step}; training stopped and the "

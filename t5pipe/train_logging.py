@@ -127,21 +127,66 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def say(text: str) -> None:
+    """A console line from the primary process."""
+    if is_primary():
+        print(text, flush=True)
+
+
+def roll_back_metrics(path: Path, step: int) -> int:
+    """Drops the rows of metrics.jsonl past `step` (a resumed run redoes those steps);
+    rewritten atomically (temporary file + rename). Returns how many rows went."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row_step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            row_step = None  # a torn last line of a killed run goes too
+            if line.endswith("\n"):
+                kept.append(line)
+            continue
+        if not isinstance(row_step, int) or row_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    dropped = len(lines) - len(kept)
+    if dropped or (lines and not lines[-1].endswith("\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsLog:
-    """Appends metrics to metrics.jsonl and TensorBoard, and prints progress lines."""
+    """Appends metrics to metrics.jsonl and TensorBoard, and prints progress lines.
+
+    `start(step)` opens both at the step the run starts from: rows a previous run logged
+    past it (steps it redoes after a resume) are removed from metrics.jsonl, and
+    TensorBoard purges its events past it (`purge_step`)."""
 
     def __init__(self, model_dir: Path, total_steps: int):
+        self.model_dir = model_dir
         self.total_steps = total_steps
         self.primary = is_primary()
         self.started = time.time()
         self.start_step: int | None = None
         self._writer = None
         self._file = None
-        if self.primary:
-            self._file = (model_dir / METRICS_FILE).open("a", encoding="utf-8")  # noqa: SIM115
-            from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(str(model_dir / TENSORBOARD_SUBDIR))
+    def start(self, step: int) -> None:
+        if not self.primary:
+            return
+        path = self.model_dir / METRICS_FILE
+        dropped = roll_back_metrics(path, step)
+        if dropped:
+            self.message(f"{path}: removed {dropped} row(s) past step {step}, which are redone")
+        self._file = path.open("a", encoding="utf-8")  # noqa: SIM115
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(
+            str(self.model_dir / TENSORBOARD_SUBDIR), purge_step=step + 1 if step else None
+        )
 
     def write(self, step: int, metrics: dict[str, Any], prefix: str = "train") -> None:
         if not self.primary:
@@ -177,7 +222,7 @@ class MetricsLog:
             print(text, flush=True)
 
     def close(self) -> None:
-        if self.primary:
+        if self._file is not None:
             self._file.close()
             self._writer.close()
 

@@ -23,6 +23,7 @@ import optax
 
 from t5pipe import checkpoint_format, checkpoint_manager, partitioning, peft
 from t5pipe.checkpoint_manager import CheckpointConfig
+from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params, init_params
 from t5pipe.model_config import T5Config
 from t5pipe.train_step import init_train_state
@@ -113,8 +114,13 @@ def start_state(
 ) -> dict[str, Any]:
     """The state `start` describes, placed like `layout`."""
     if start.kind == "resume":
-        state = checkpoint_manager.restore(manager, int(start.path.name), layout.abstract)
-        say(f"restored {start.path}")
+        state = checkpoint_manager.restore_newest_good(manager, layout.abstract, say)
+        if state is None:
+            raise UserInputError(
+                f"no checkpoint in {start.path.parent} can be read (each one's reason is "
+                "above); move them out of that folder to start afresh, or fix them"
+            )
+        say(f"restored {start.path.parent / str(int(jax.device_get(state['step'])))}")
         return state
     init = jax.jit(_init_fn(config, optimizer, seed), out_shardings=layout.shardings)
     state = init(jax.random.PRNGKey(seed))

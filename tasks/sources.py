@@ -188,6 +188,8 @@ def read_glue_tsv(name: str, split: str, glue_dir: str | os.PathLike) -> list[di
     if name == "cola" and split == "test":
         layout = dataclasses.replace(layout, text_features={"sentence": "sentence"})
     examples = []
+    # csv refuses fields over 128 KiB by default; no field is longer than the file.
+    csv.field_size_limit(max(csv.field_size_limit(), os.path.getsize(path)))
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = None if headerless else next(reader)

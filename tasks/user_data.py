@@ -350,6 +350,9 @@ def _read_rows(path: str, file_format: str | None, columns: Sequence[str] | None
                 raise UserDataError(f"{path}:{number}: expected a JSON object, got {row!r:.60}")
             yield f"{path}:{number}", row
     elif file_format == "tsv":
+        # csv refuses fields over 128 KiB by default; no field is longer than its line.
+        longest = max(map(len, lines), default=0)
+        csv.field_size_limit(max(csv.field_size_limit(), longest))
         rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = list(columns) if columns else None
         for number, row in enumerate(rows, start=1):

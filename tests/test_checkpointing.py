@@ -1,13 +1,20 @@
 """Training checkpoints: round trip, resume, retention, initial checkpoints, crash leftovers."""
 
+import json
 import logging
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from testlib import tree_digest
 from train_testlib import FAST, read_metrics, train_in_process
 
-from t5pipe import checkpoint_manager
+from t5pipe import checkpoint_manager, model_dir_lock
 from t5pipe.checkpoint_format import load_model_config, load_params, save_checkpoint
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import UserInputError
@@ -84,7 +91,7 @@ def test_round_trip_and_resume(tmp_path):
         assert key in first
 
 
-def test_keeps_last_k_and_cleans_incomplete(tmp_path, caplog):
+def test_keeps_last_k_deletes_only_its_leftovers_and_rolls_back_metrics(tmp_path, caplog, capsys):
     model_dir = tmp_path / "run"
     train_in_process(
         model_dir,
@@ -93,25 +100,61 @@ def test_keeps_last_k_and_cleans_incomplete(tmp_path, caplog):
         "--gin.CHECKPOINT_PERIOD=1",
         "--gin.CHECKPOINTS_TO_KEEP=2",
     )
-    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
+    ckpt_dir = Path(checkpoint_manager.checkpoints_dir(model_dir))
     assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [3, 4]
+    assert not (model_dir / model_dir_lock.LOCK_FILE).exists()  # released at the end
 
-    # Leftovers of an interrupted save: orbax's temporary folder, a folder never committed.
+    # Leftovers of a killed writer: orbax's temporary folder (older than the next run's
+    # lock), a stale lock, a logged row of a step whose checkpoint was never saved. And
+    # the user's own things: copies, notes, a step folder whose meta/ went missing.
     (ckpt_dir / "5.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
-    (ckpt_dir / "6" / "state").mkdir(parents=True)
+    shutil.copytree(ckpt_dir / "4", ckpt_dir / "60.bak")
+    shutil.copytree(ckpt_dir / "3", ckpt_dir / "my_best")
+    (ckpt_dir / "notes.txt").write_text("step 3 looked best\n")
+    shutil.copytree(ckpt_dir / "4", ckpt_dir / "6")
+    shutil.rmtree(ckpt_dir / "6" / "meta")
+    with (model_dir / "metrics.jsonl").open("a") as out:
+        out.write('{"step": 5, "loss": 1.0}\n{"step": 6, "lo')  # torn by the kill
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"host": socket.gethostname(), "pid": dead.pid, "start_time": 1.0}
+    (model_dir / model_dir_lock.LOCK_FILE).write_text(json.dumps(holder))
+    user_files = {
+        name: tree_digest(ckpt_dir / name) if (ckpt_dir / name).is_dir() else None
+        for name in ("60.bak", "my_best", "6")
+    }
+    notes = (ckpt_dir / "notes.txt").read_bytes()
     with caplog.at_level(logging.WARNING, logger="t5pipe.checkpoint_manager"):
         summary = train_in_process(
             model_dir,
             *FAST,
-            "--gin.TRAIN_STEPS=5",
+            "--gin.TRAIN_STEPS=6",
             "--gin.CHECKPOINT_PERIOD=1",
             "--gin.CHECKPOINTS_TO_KEEP=2",
         )
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "5.orbax-checkpoint-tmp-1234" in warned and "incomplete checkpoint" in warned
-    assert str(ckpt_dir / "6") in warned
-    assert summary["step"] == 5  # resumed from 4, not from the broken 6
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["4", "5"]
+    out = capsys.readouterr().out
+    assert f"taking over the lock {model_dir / model_dir_lock.LOCK_FILE}" in out
+    assert f"pid {dead.pid} on host {socket.gethostname()}" in out
+    assert "removed 2 row(s) past step 4" in out
+    warned = [r.getMessage() for r in caplog.records if r.name == "t5pipe.checkpoint_manager"]
+    assert any("deleting" in w and "5.orbax-checkpoint-tmp-1234" in w for w in warned)
+    listed = [w for w in warned if "they are skipped and left alone" in w]
+    assert len(listed) == 1, warned  # listed once
+    for part in ("60.bak (not a step number)", "my_best (not a step number)", "notes.txt (a file)",
+                 "6 (state/ present but meta/ missing)"):  # fmt: skip
+        assert part in listed[0]
+    assert any(f"not saving step 6: {ckpt_dir / '6'} exists" in w for w in warned)
+    assert summary["step"] == 6  # resumed from 4, not from the broken 6
+    # Step 6 was not saved over the user's folder; the last two saved are kept.
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "4", "5", "6", "60.bak", "my_best", "notes.txt",
+    ]  # fmt: skip
+    for name, digest in user_files.items():
+        assert tree_digest(ckpt_dir / name) == digest, name
+    assert (ckpt_dir / "notes.txt").read_bytes() == notes
+    assert [r["step"] for r in read_metrics(model_dir)] == [1, 2, 3, 4, 5, 6]
+    assert read_metrics(model_dir)[4]["loss"] != 1.0  # the redone step's row
+    assert not (model_dir / model_dir_lock.LOCK_FILE).exists()
 
 
 def test_best_checkpoint_is_kept(tmp_path):

@@ -320,6 +320,11 @@ def test_clear_errors(hf_folders, tmp_path, capsys):
         "--from_hf", broken, "--out", tmp_path / "c"
     )
     assert not (tmp_path / "c").exists()
+    # A header length of 2^40 (read as is: a MemoryError) is checked against the file size.
+    (broken / "model.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    err = error_of("--from_hf", broken, "--out", tmp_path / "c")
+    assert "its header says it is 1099511627776 bytes long, but the file has 10 bytes" in err
+    assert not (tmp_path / "c").exists()
 
     assert "not a t5pipe checkpoint" in error_of(
         "--to_hf", "--checkpoint", folder, "--out", tmp_path / "e"

@@ -286,3 +286,29 @@ def test_eval_checkpoint_flag_conflicts_with_gin(model_dir, tmp_path, capsys):
         message
     )
     assert "/somewhere/else" in message
+
+
+def test_eval_unwritable_output_folder_before_decoding(model_dir, capsys, monkeypatch):
+    # CI runs as root (chmod cannot make a folder read-only for it): EROFS is injected
+    # where the folder's write probe is created.
+    import errno
+    import os
+
+    from t5pipe import eval_outputs, evaluation
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("evaluated before the output folder was checked")
+
+    monkeypatch.setattr(eval_outputs.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(evaluation, "run_evaluation", no_decoding)
+    message = command_error(
+        "eval", model_dir, f"--model_dir={model_dir}", "--task=builtin_reverse_v001",
+        capsys=capsys,
+    )  # fmt: skip
+    assert message == (
+        f"the eval output folder {model_dir / 'eval'} is not writable ({model_dir}: Read-only "
+        "file system); choose another with --output_dir"
+    )

@@ -236,3 +236,20 @@ def test_required_macro_missing(tmp_path, capsys):
     message = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert "MODEL_DIR is required but not set: --gin.MODEL_DIR=..." in message
+
+
+def test_shipped_gin_files_win_over_the_current_directory(tmp_path, monkeypatch):
+    # A `models/tiny.gin` in the working directory (with an import line) must not replace
+    # the shipped one that runs/quickstart.gin includes; it is used only when asked for.
+    import os
+
+    write(tmp_path / "models" / "tiny.gin", "import a_module_that_does_not_exist\n")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(
+        gin_file=["runs/quickstart.gin"], gin_bindings=[], gin_search_paths=[],
+        tfds_data_dir=None,
+    )  # fmt: skip
+    report = gin_setup.parse_command_gin(args, [])
+    shipped = os.path.join(gin_setup.gin_configs_dir(), "models", "tiny.gin")
+    assert shipped in report.files
+    assert str(tmp_path / "models" / "tiny.gin") not in report.files

@@ -101,3 +101,87 @@ def test_infer_non_utf8_input_file(model_dir, tmp_path, capsys):
     )
     assert message.startswith(f"{inputs}:2:11: not UTF-8 text: byte offset 23 holds b'\\xe9'")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def _infer_argv(path, inputs, output, *extra):
+    return [
+        "--checkpoint", str(path), "--input_file", str(inputs), "--output_file", str(output),
+        "--batch_size", "2", "--gin.DecodingOptions.max_decode_length=4", *extra,
+    ]  # fmt: skip
+
+
+def test_infer_refuses_its_input_as_output(byte_checkpoint, tmp_path, capsys):
+    path, _ = byte_checkpoint
+    same = write(tmp_path / "same.txt", "hello\nworld\n")
+    argv = _infer_argv(path, same, same)
+    message = command_error("infer", tmp_path, *argv, capsys=capsys)
+    assert message.startswith(f"--input_file and --output_file are the same file ({same})")
+
+
+def test_infer_unwritable_output_folder_before_decoding(
+    byte_checkpoint, tmp_path, capsys, monkeypatch
+):
+    # CI runs as root (chmod cannot make a folder read-only for it): the OS error is
+    # injected where the output's temporary file is created.
+    import errno
+
+    from t5pipe import inference
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the output folder was checked")
+
+    monkeypatch.setattr(inference.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(inference, "predict_texts", no_decoding)
+    path, _ = byte_checkpoint
+    inputs = write(tmp_path / "inputs.txt", "hello\n")
+    output = tmp_path / "predictions.jsonl"
+    message = command_error("infer", tmp_path, *_infer_argv(path, inputs, output), capsys=capsys)
+    assert message == (
+        f"--output_file {output}: cannot write in {output.parent} (Read-only file system). "
+        "Choose a writable place for the predictions."
+    )
+
+
+def test_infer_crash_keeps_previous_output_and_nan_is_null(
+    byte_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import pytest
+
+    from t5pipe import inference
+
+    path, _ = byte_checkpoint
+    inputs = write(tmp_path / "inputs.txt", "a\nb\nc\nd\n")
+    output = write(tmp_path / "predictions.jsonl", '{"an": "earlier result"}\n')
+    before = output.read_bytes()
+    real, calls = inference.predict_texts, []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        decodes = real(*args, **kwargs)
+        for options in decodes:
+            options[0]["score"] = float("nan")
+        return decodes
+
+    monkeypatch.setattr(inference, "predict_texts", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="device lost"):
+        cli.main(["infer", *_infer_argv(path, inputs, output)])
+    assert output.read_bytes() == before  # replaced only by a complete result
+    (partial,) = tmp_path.glob(".predictions.jsonl.*.partial")  # the first batch, kept
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [r["inputs"] for r in rows] == ["a", "b"]
+
+    calls.extend([1, 1])  # past the crash: every batch decodes now
+    assert cli.main(["infer", *_infer_argv(path, inputs, output)]) == 0
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in the JSON output")
+
+    rows = [json.loads(line, parse_constant=no_nan) for line in output.read_text().splitlines()]
+    assert [r["inputs"] for r in rows] == ["a", "b", "c", "d"]
+    assert all(r["decodes"][0]["score"] is None for r in rows)
+    assert all(isinstance(r["decodes"][0]["log_prob"], float) for r in rows)

@@ -38,7 +38,10 @@ def test_nan_stops_with_message(tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert code == 65
     assert "non-finite loss or gradient (NaN/Inf) at step 5" in stderr
-    assert f"last good checkpoint is {model_dir / 'checkpoints' / '4'}" in stderr
+    assert (
+        f"the newest checkpoint that reads back intact is {model_dir / 'checkpoints' / '4'} "
+        "(verified against its checksums;"
+    ) in stderr
     assert "learning rate" in stderr and "on_nonfinite" in stderr
     assert "In call to configurable" not in stderr
     assert max(r["step"] for r in read_metrics(model_dir)) <= 6

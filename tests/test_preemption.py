@@ -111,7 +111,79 @@ def test_sigkill_during_save_restores_previous_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"restored {ckpt_dir / '2'}" in result.stdout
     output = result.stdout + result.stderr
-    for name in leftovers:
-        assert "skipping incomplete checkpoint" in output and name in output
+    for name in leftovers:  # the killed run's own temporary folder: deleted, with a word
+        assert f"deleting {ckpt_dir / name}: a save that was interrupted left it" in output
     assert sorted(int(p.name) for p in ckpt_dir.iterdir()) == [2, 4, 6]
     assert _logged_steps(model_dir)[-4:] == [3, 4, 5, 6]
+
+
+def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
+    # Ctrl-C arrives while step 2's save is being started (in-process: SIGINT to ourselves).
+    import os as os_module
+
+    from t5pipe import cli
+
+    real_save = checkpoint_manager.save
+
+    def save_then_ctrl_c(manager, state, meta, metrics=None):
+        step = real_save(manager, state, meta, metrics)
+        if step == 2:
+            os_module.kill(os_module.getpid(), signal.SIGINT)
+        return step
+
+    monkeypatch.setattr(checkpoint_manager, "save", save_then_ctrl_c)
+    model_dir = tmp_path / "run"
+    code = cli.main(
+        [
+            "train",
+            *ARGS,
+            f"--gin.MODEL_DIR={model_dir}",
+            "--gin.TRAIN_STEPS=50",
+            "--gin.CHECKPOINT_PERIOD=2",
+        ]  # fmt: skip
+    )
+    err = capsys.readouterr().err
+    assert code == 75, err[-3000:]
+    assert "preempted at step 2:" in err and "Traceback" not in err
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["2"]  # complete, no tmp folder left
+    assert checkpoint_manager.is_complete(ckpt_dir / "2")
+
+
+def test_disk_full_during_a_save_is_one_message_exit_1(tmp_path, monkeypatch, capsys):
+    # ENOSPC injected where orbax writes the step-4 checkpoint's meta/ file, in its
+    # asynchronous save thread (a full disk cannot be made on demand here).
+    import errno
+
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    from t5pipe import cli
+
+    handler = json_checkpoint_handler.JsonCheckpointHandler
+    real = handler._save_fn
+
+    async def disk_full_at_step_4(self, x, directory):
+        if "4.orbax-checkpoint-tmp" in str(directory):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, x, directory)
+
+    monkeypatch.setattr(handler, "_save_fn", disk_full_at_step_4)
+    model_dir = tmp_path / "run"
+    code = cli.main(
+        [
+            "train",
+            *ARGS,
+            f"--gin.MODEL_DIR={model_dir}",
+            "--gin.TRAIN_STEPS=8",
+            "--gin.CHECKPOINT_PERIOD=2",
+            "--gin.CHECKPOINTS_TO_KEEP=None",
+        ]  # fmt: skip
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err[-3000:]
+    ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
+    assert err.count("t5pipe train: saving the checkpoint at step 4 into") == 1, err[-3000:]
+    assert "No space left on device (disk full)" in err
+    assert f"the previous checkpoint {ckpt_dir / '2'} is intact" in err
+    assert "Traceback" not in err
+    assert checkpoint_manager.is_complete(ckpt_dir / "2")

@@ -121,3 +121,18 @@ def test_subprocess_prints_one_paragraph_without_traceback(model_dir):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("t5pipe train: error: MIXTURE_OR_TASK_NAME='builtin_revers_v001'")
     assert "did you mean: builtin_reverse_v001" in last
+
+
+def test_mixture_whose_rates_are_all_zero(model_dir, capsys):
+    import seqio
+
+    seqio.MixtureRegistry.add("zero_rate_mix", [("builtin_reverse_v001", 0)])
+    try:
+        message = train_error(
+            model_dir, "--gin.MIXTURE_OR_TASK_NAME='zero_rate_mix'", capsys=capsys
+        )
+    finally:
+        seqio.MixtureRegistry.remove("zero_rate_mix")
+    assert message.startswith(
+        "mixture zero_rate_mix: the rates of its tasks sum to 0.0 (builtin_reverse_v001=0)"
+    )

@@ -159,7 +159,20 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     )
     with pytest.raises(user_data.UserDataError, match=rf"{latin1}:3:\d+: not UTF-8"):
         seqio.get_mixture_or_task("user_latin1").get_dataset(None, split="train", shuffle=False)
-    names = ("user_bad_tsv", "user_bad_jsonl", "user_missing_field", "user_no_files", "user_latin1")
+    # A field over csv's default 128 KiB limit is read (the limit follows the longest line).
+    long_tsv = tmp_path / "long.tsv"
+    long_tsv.write_text("q\ta\n" + "x" * 200_000 + "\tyes\nshort\n")
+    user_data.supervised_task(
+        "user_long_tsv", files=str(long_tsv), inputs_template="{q}", targets_template="{a}",
+        overwrite=True,
+    )  # fmt: skip
+    with pytest.raises(user_data.UserDataError, match=rf"{long_tsv}:3: 1 tab-separated fields"):
+        list(seqio.get_mixture_or_task("user_long_tsv").get_dataset(None, split="train",
+                                                                    shuffle=False))  # fmt: skip
+    names = (
+        "user_bad_tsv", "user_bad_jsonl", "user_missing_field", "user_no_files", "user_latin1",
+        "user_long_tsv",
+    )  # fmt: skip
     for name in names:
         seqio.TaskRegistry.remove(name)
 

@@ -67,6 +67,12 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     with open(path, "rb") as f:
         try:
             (header_size,) = struct.unpack("<Q", f.read(8))
+            file_size = os.fstat(f.fileno()).st_size
+            if header_size > file_size - 8:  # read as is, a huge length is a MemoryError
+                raise ConversionError(
+                    f"{path}: not a safetensors file, or cut short: its header says it is "
+                    f"{header_size} bytes long, but the file has {file_size} bytes"
+                )
             header = json.loads(f.read(header_size))
         except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConversionError(f"{path}: not a safetensors file ({e})") from e

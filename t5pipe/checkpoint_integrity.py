@@ -1,0 +1,135 @@
+"""Checksums of a checkpoint's arrays: written at save, compared after a restore.
+
+A training save records, in the checkpoint's `meta` item, one checksum per array of the
+state ({"params/encoder/...": crc}, keyed by the array's path in the state): CRC-32C when
+`google_crc32c` is installed, else zlib's CRC-32 (`CHECKSUM_KIND` says which). It is taken
+over the array's values as they are in memory, so a restore that reads back the same
+values matches, and a flipped bit in a data file (which TensorStore would otherwise
+return as a wrong value) does not.
+
+A checkpoint is "verified" when every array restored from it has its recorded checksum.
+Checkpoints without checksums (older t5pipe versions, t5x and Hugging Face imports) load
+unverified, with one line saying so. Arrays that span several processes are not
+fetched to one host to be hashed: multi-process runs record and check no checksums.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5pipe.errors import UserInputError
+
+try:
+    import google_crc32c
+
+    CHECKSUM_KIND = "crc32c"
+
+    def _crc(data: memoryview) -> int:
+        return google_crc32c.value(data)
+
+except ImportError:
+    CHECKSUM_KIND = "crc32"
+
+    def _crc(data: memoryview) -> int:
+        return zlib.crc32(data)
+
+
+CHECKSUMS_KEY = "checksums"
+KIND_KEY = "checksum_kind"
+
+
+class CorruptCheckpoint(UserInputError):
+    """A checkpoint's array does not have the checksum recorded when it was saved."""
+
+    def __init__(self, path, array: str):
+        super().__init__(
+            f"checkpoint {path} fails verification: array {array} does not match the "
+            "checksum recorded when it was saved (a data file of the checkpoint is corrupt). "
+            "Use another checkpoint (e.g. the previous step's)."
+        )
+        self.path, self.array = path, array
+
+
+def array_name(key_path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def _checksum(value) -> list:
+    """[checksum, dtype]: an array restored in another dtype cannot be compared."""
+    array = np.ascontiguousarray(np.asarray(value))
+    return [_crc(memoryview(array.reshape(-1).view(np.uint8))), str(array.dtype)]
+
+
+def checksums(tree: Any) -> dict[str, list] | None:
+    """{array path: [checksum, dtype]} for every array of `tree`; None in multi-process
+    runs."""
+    if jax.process_count() > 1:
+        return None
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    return {array_name(path): _checksum(leaf) for path, leaf in leaves}
+
+
+def with_checksums(meta: dict[str, Any], state: Any) -> dict[str, Any]:
+    """`meta` plus the checksums of `state`'s arrays."""
+    sums = checksums(state)
+    return meta if sums is None else {**meta, CHECKSUMS_KEY: sums, KIND_KEY: CHECKSUM_KIND}
+
+
+def mismatches(tree: Any, meta: dict[str, Any], prefix: str = "") -> list[str] | None:
+    """The paths of `tree`'s arrays (under `prefix` in the saved state) whose checksum
+    differs from `meta`'s; None when `meta` records none (unverified)."""
+    recorded = meta.get(CHECKSUMS_KEY)
+    if recorded is None or meta.get(KIND_KEY) != CHECKSUM_KIND or jax.process_count() > 1:
+        return None
+    found = checksums(tree)
+    bad = []
+    for name, value in found.items():
+        full = f"{prefix}{name}"
+        expected = recorded.get(full)
+        if expected is not None and expected[1] == value[1] and expected[0] != value[0]:
+            bad.append(full)
+    return bad
+
+
+def verify(tree: Any, meta: dict[str, Any], path, prefix: str = "", say=None) -> bool:
+    """Raises CorruptCheckpoint naming the first array that does not match; returns
+    whether the checkpoint was verified (False: it has no checksums, which `say` or the
+    log is told in one line)."""
+    bad = mismatches(tree, meta, prefix)
+    if bad is None:
+        line = (
+            f"checkpoint {path} records no checksums (an older t5pipe version, or a t5x / "
+            "Hugging Face import): loaded unverified"
+        )
+        (say or _to_stderr)(line)
+        return False
+    if bad:
+        raise CorruptCheckpoint(path, bad[0])
+    return True
+
+
+def clean_reason(error: BaseException) -> str:
+    """A short reason for a failed restore: the corrupt array, or the error's first line."""
+    if isinstance(error, CorruptCheckpoint):
+        return f"array {error.array} does not match its checksum"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def unreadable(path, error: BaseException) -> UserInputError:
+    """The error for a checkpoint whose state cannot be read back (a damaged or missing
+    data file, or a garbled state/_METADATA)."""
+    return UserInputError(
+        f"checkpoint {path}: its arrays cannot be read ({clean_reason(error)}); a file under "
+        f"{path}/state (its _METADATA or a data file) is damaged or missing. Use another "
+        "checkpoint."
+    )
