@@ -312,3 +312,20 @@ def test_eval_unwritable_output_folder_before_decoding(model_dir, capsys, monkey
         f"the eval output folder {model_dir / 'eval'} is not writable ({model_dir}: Read-only "
         "file system); choose another with --output_dir"
     )
+
+
+def test_module_flag_imports_the_users_tasks_from_the_current_folder(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "cli_eval_my_tasks.py").write_text(
+        "import seqio\n"
+        "if 'cli_eval_my_mix' not in seqio.MixtureRegistry.names():\n"
+        "    seqio.MixtureRegistry.add('cli_eval_my_mix', ['glue_rte_v002'], default_rate=1.0)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["--module", "cli_eval_my_tasks", "--task", "cli_eval_my_mix"]
+    argv += ["--checkpoint", str(checkpoint), "--max_examples", "2", "--output_dir", "out"]
+    assert run_eval(argv) == 0, capsys.readouterr().err
+    assert set(json.loads((tmp_path / "out" / "metrics.json").read_text())) >= {"glue_rte_v002"}
+    assert cli.main(["eval", "--module", "no_such_tasks_module", "--task", "x"]) == 2
+    assert "--module='no_such_tasks_module' cannot be imported" in capsys.readouterr().err

@@ -38,6 +38,12 @@ def _parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--split", help="dataset split (default validation)")
     parser.add_argument("--batch_size", type=int, help="examples per decoding batch")
     parser.add_argument("--max_examples", type=int, help="evaluate only the first N per task")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="import to register tasks (repeatable; the current folder is searched last)",
+    )
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
     parser.add_argument(
@@ -53,6 +59,9 @@ def main(argv: list[str]) -> int:
     args, dot_bindings = _parse_flags(argv)
     distributed.initialize(args)
     parsed = gin_setup.parse_command_gin(args, dot_bindings)
+    from t5pipe.input_pipeline import import_task_modules
+
+    import_task_modules(args.module, "--module")
     from t5pipe.decoding import DecodingOptions
     from t5pipe.evaluation import EvalOptions, evaluate
 

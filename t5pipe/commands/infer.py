@@ -38,6 +38,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--task", help="decode a task split instead (MIXTURE_OR_TASK_NAME)")
     parser.add_argument("--split", help="task split (default validation)")
     parser.add_argument("--max_examples", type=int, help="only the first N examples of the split")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="import to register tasks (repeatable; the current folder is searched last)",
+    )
     parser.add_argument("--batch_size", type=int, help="inputs per decoding batch")
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
@@ -50,6 +56,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     distributed.initialize(args)
     parsed = gin_setup.parse_command_gin(args, dot_bindings)
+    from t5pipe.input_pipeline import import_task_modules
+
+    import_task_modules(args.module, "--module")
     from t5pipe.decoding import DecodingOptions
     from t5pipe.inference import infer
 
