@@ -14,6 +14,7 @@ of such a step is never applied.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 from pathlib import Path
@@ -27,6 +28,7 @@ import seqio
 from t5pipe import (
     checkpoint_manager,
     input_pipeline,
+    lora,
     model_dir_lock,
     partitioning,
     peft,
@@ -38,11 +40,13 @@ from t5pipe.checkpoint_format import make_meta, resolve_path
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import NonFiniteLoss, Preempted, UserInputError
 from t5pipe.input_pipeline import DataConfig
+from t5pipe.lora import LoraConfig
 from t5pipe.model import T5, abstract_params
 from t5pipe.model_config import T5Config
 from t5pipe.train_eval import EvalConfig, TrainEvaluator
 from t5pipe.train_step import OptimizationConfig, train_step
 
+ADAPTER_DIR = "adapter"  # MODEL_DIR/adapter: the trained LoRA adapter alone
 MODEL_FEATURES = (
     "encoder_input_tokens",
     "decoder_input_tokens",
@@ -68,6 +72,7 @@ def train(
     stats_period: int = 100,
     peak_flops_per_device: float | None = None,
     dry_run: bool = False,
+    lora_config: LoraConfig | None = None,
 ) -> dict[str, Any]:
     """Trains `model` to step `train_steps` (TRAIN_STEPS) into `model_dir` (MODEL_DIR).
 
@@ -76,6 +81,9 @@ def train(
     Returns {"step", "eval" (last eval metrics), "stopped", "train_step_compilations",
     "checkpoint", "state"}; with `dry_run`, only checks (the data's first examples read
     too) and returns {"start": how the run would start, "step": None}, writing nothing.
+    `lora_config` (e.g. `train.lora_config = @LoraConfig()`): LoRA adapters on the
+    kernels it selects; only they train (no optimizer state for the frozen base), they
+    are saved inside each checkpoint and alone in MODEL_DIR/adapter at the end.
     """
     for name, value in (("TRAIN_STEPS", train_steps), ("STATS_PERIOD", stats_period)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -89,9 +97,13 @@ def train(
     trainable = optimization.trainable_params
     if model.prompt_length > 0 and trainable is None:
         trainable = "^prompt$"  # prompt tuning: only the soft prompt learns
-    tx = peft.freeze_except(optimization.make_optimizer(), abstract_params(model)[0], trainable)
-    layout = train_state.state_layout(model, tx, seed, mesh, rules)
-    start = train_state.plan_start(model_dir, checkpoint, model)
+    if lora_config is not None and trainable is None:
+        trainable = lora.TRAINABLE  # LoRA: only the adapters learn
+    with_adapters = _lora_scope(lora_config)  # traces that create or read the adapters
+    with with_adapters():
+        tx = peft.freeze_except(optimization.make_optimizer(), abstract_params(model)[0], trainable)
+        layout = train_state.state_layout(model, tx, seed, mesh, rules)
+        start = train_state.plan_start(model_dir, checkpoint, model)
     input_pipeline.check_first_examples(task, data, count_truncation=start.kind != "resume")
     if dry_run:
         return {"start": start, "step": None}
@@ -101,11 +113,14 @@ def train(
         loop, step_fn = _run(
             model_dir, train_steps, model, data, optimization, checkpoint, evaluation,
             vocabulary, seed, stats_period, peak_flops_per_device, mesh, rules, tx, layout,
-            start, lock,
+            start, lock, lora_config,
         )  # fmt: skip
     train_logging.write_operative_config(model_dir)
     if model.prompt_length > 0:
         peft.save_prompt(model_dir / "prompt", jax.device_get(loop.state["params"]))
+    if lora_config is not None:
+        _, adapter = lora.split_adapter(jax.device_get(loop.state["params"]))
+        lora.save_adapter(model_dir / ADAPTER_DIR, adapter, lora_config)
     return {
         "step": loop.step,
         "eval": loop.last_eval,
@@ -119,12 +134,13 @@ def train(
 def _run(
     model_dir, train_steps, model, data, optimization, checkpoint, evaluation, vocabulary,
     seed, stats_period, peak_flops_per_device, mesh, rules, tx, layout, start, lock,
+    lora_config,
 ):  # fmt: skip
     """Restores or initialises the state, then runs the loop; returns (loop, step_fn)."""
     manager = checkpoint_manager.make_manager(model_dir, checkpoint, lock.start_time)
     log = train_logging.MetricsLog(model_dir, train_steps)
     try:
-        with partitioning.activation_rules(mesh, rules):
+        with partitioning.activation_rules(mesh, rules), _lora_scope(lora_config)():
             state = train_state.start_state(
                 start, layout, model, tx, seed, manager, checkpoint, say=log.message
             )
@@ -136,17 +152,18 @@ def _run(
             ),
         )
         batch_sharding = partitioning.batch_sharding(mesh, rules)
+        step = functools.partial(
+            train_step,
+            model=T5(model),
+            optimizer=tx,
+            learning_rate=optimization.schedule(),
+            z_loss=optimization.z_loss,
+            label_smoothing=optimization.label_smoothing,
+            loss_normalizing_factor=optimization.loss_normalizing_factor,
+            num_microbatches=optimization.num_microbatches,
+        )
         step_fn = jax.jit(
-            functools.partial(
-                train_step,
-                model=T5(model),
-                optimizer=tx,
-                learning_rate=optimization.schedule(),
-                z_loss=optimization.z_loss,
-                label_smoothing=optimization.label_smoothing,
-                loss_normalizing_factor=optimization.loss_normalizing_factor,
-                num_microbatches=optimization.num_microbatches,
-            ),
+            lora.with_lora(step, lora_config) if lora_config is not None else step,
             in_shardings=(layout.shardings, batch_sharding),
             out_shardings=(layout.shardings, partitioning.replicated(mesh)),
             donate_argnums=(0,),
@@ -154,11 +171,12 @@ def _run(
         meta = make_meta(
             model, vocabulary, kind="train", mixture_or_task_name=data.mixture_or_task_name,
             task_feature_lengths=dict(data.task_feature_lengths),
+            **({"lora": lora_config.to_dict()} if lora_config is not None else {}),
         )  # fmt: skip
         loop = _Loop(
             model_dir, train_steps, stats_period, state, step_fn, manager, meta, log,
             on_nonfinite=optimization.on_nonfinite, best_metric=checkpoint.best_metric,
-            checkpoint_period=checkpoint.period,
+            checkpoint_period=checkpoint.period, lora_config=lora_config,
         )  # fmt: skip
         batches = input_pipeline.train_batches(data, start_step=loop.step, sharding=batch_sharding)
         evaluator = TrainEvaluator(
@@ -189,6 +207,11 @@ def _close_quietly(manager) -> None:
             pass
 
 
+def _lora_scope(config: LoraConfig | None):
+    """A context factory: `lora.attach(config)`, or nothing without LoRA."""
+    return (lambda: lora.attach(config)) if config is not None else contextlib.nullcontext
+
+
 def _checked_vocabulary(task, vocabulary, model: T5Config) -> seqio.Vocabulary:
     """Every vocabulary of the task loads; the recorded one fits the model's embedding."""
     for leaf in input_pipeline.leaf_tasks(task):
@@ -207,14 +230,14 @@ class _Loop:
 
     def __init__(
         self, model_dir, train_steps, stats_period, state, step_fn, manager, meta, log, *,
-        on_nonfinite, best_metric, checkpoint_period,
+        on_nonfinite, best_metric, checkpoint_period, lora_config=None,
     ):  # fmt: skip
         self.model_dir, self.train_steps, self.stats_period = model_dir, train_steps, stats_period
         self.state, self.step_fn, self.manager, self.meta, self.log = (
             state, step_fn, manager, meta, log,
         )  # fmt: skip
         self.on_nonfinite, self.best_metric = on_nonfinite, best_metric
-        self.checkpoint_period = checkpoint_period
+        self.checkpoint_period, self.lora_config = checkpoint_period, lora_config
         self.step = self.start_step = int(jax.device_get(state["step"]))
         self.last_eval: dict[str, float] = {}
         self.stopped: str | None = None
@@ -252,7 +275,7 @@ class _Loop:
                     self.log.progress(self.step, logged)
                 if evaluator.due(self.step, self.train_steps):
                     self._check_nonfinite()
-                    self.last_eval = evaluator.run(self.state["params"])
+                    self.last_eval = evaluator.run(self._eval_params())
                     self.log.write(self.step, self.last_eval, prefix="eval")
                     self.log.message(
                         f"eval at step {self.step}: "
@@ -271,6 +294,14 @@ class _Loop:
             self._wait()
         finally:
             sigterm.restore()
+
+    def _eval_params(self) -> Any:
+        """The parameters evaluation runs (adapters merged: decoding needs no LoRA)."""
+        params = self.state["params"]
+        if self.lora_config is None:
+            return params
+        base, adapter = lora.split_adapter(params)
+        return lora.merge(base, adapter, self.lora_config)
 
     def _save(self) -> None:
         metrics = self.last_eval if self.best_metric in self.last_eval else None

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import jax
 import optax
 
-from t5pipe import checkpoint_format, checkpoint_manager, partitioning, peft
+from t5pipe import checkpoint_format, checkpoint_manager, lora, partitioning, peft, pytrees
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params, init_params
@@ -90,16 +91,29 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
         )
         return Start("resume", Path(latest), fit)
     if initial:
+        role = f"INITIAL_CHECKPOINT_PATH={initial}"
         fit = checkpoint_format.check_fits(
-            initial,
-            shapes,
-            config,
-            f"INITIAL_CHECKPOINT_PATH={initial}",
-            allow_missing=checkpoint.allow_partial_initial_checkpoint,
-            allow_unexpected=True,
+            initial, shapes, config, role, allow_missing=True, allow_unexpected=True
         )
+        partial = checkpoint.allow_partial_initial_checkpoint
+        if not partial and not all(_starts_fresh(name) for name in fit.missing):
+            # Raises, listing every difference (the run's own new parameters left out).
+            own = {n for n in fit.missing if _starts_fresh(n)}
+            kept = pytrees.unflatten(
+                {n: v for n, v in pytrees.flatten(shapes).items() if n not in own}
+            )
+            checkpoint_format.check_fits(initial, kept, config, role, allow_unexpected=True)
         return Start("initial", Path(initial), fit)
     return Start("fresh")
+
+
+# Parameters a run adds to the model it starts from, so a checkpoint never has them:
+# the soft prompt of prompt tuning and LoRA adapters. They start from their init.
+_FRESH = re.compile(rf"^prompt$|{lora.TRAINABLE}")
+
+
+def _starts_fresh(name: str) -> bool:
+    return bool(_FRESH.search(name))
 
 
 def start_state(
