@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import flax.linen as nn
@@ -68,6 +69,30 @@ def intercept_projections(interceptor: Interceptor) -> Iterator[None]:
         _INTERCEPTORS.reset(token)
 
 
+def _project(equation: str, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`jnp.einsum(equation, inputs, kernel)`, as one 2-D matmul where the einsum
+    contracts the trailing input axes with the leading kernel axes in order
+    (`ble,ehd->blhd`, `blhd,hde->ble`): inputs [rows, contracted] @ kernel
+    [contracted, rest]. A batched einsum with several free axes on each side leaves
+    XLA:CPU transposed copies in the gradient; the 2-D form's gradient is two plain
+    matmuls. Other equations go to einsum unchanged."""
+    lhs, out = equation.split("->")
+    ins, ker = lhs.split(",")
+    n = len(ins) - len(set(ins) & set(ker))  # leading input axes kept
+    contracted = ins[n:]
+    if (
+        "." in equation
+        or ker[: len(contracted)] != contracted
+        or out != ins[:n] + ker[len(contracted) :]
+        or not contracted
+    ):
+        return jnp.einsum(equation, inputs, kernel)
+    rows = inputs.shape[:n]
+    rest = kernel.shape[len(contracted) :]
+    flat = inputs.reshape((math.prod(rows), -1)) @ kernel.reshape((-1, math.prod(rest)))
+    return flat.reshape(rows + rest)
+
+
 def dense(
     module: nn.Module,
     name: str,
@@ -90,7 +115,7 @@ def dense(
         name, nn.with_logical_partitioning(init, kernel_axes), kernel_shape, jnp.float32
     )
     dtype = jnp.dtype(dtype)
-    outputs = jnp.einsum(equation, inputs.astype(dtype), kernel.astype(dtype))
+    outputs = _project(equation, inputs.astype(dtype), kernel.astype(dtype))
     interceptors = _INTERCEPTORS.get()
     if interceptors:
         projection = Projection(module, name, inputs, kernel_shape, kernel_axes, equation, dtype)
