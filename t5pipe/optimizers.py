@@ -16,10 +16,13 @@ during warmup (t5x's `constant * rsqrt_decay`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gin
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -99,8 +102,16 @@ def adafactor(
     weight_decay_rate: float | None = None,
     global_norm_clip: float | None = None,
 ) -> optax.GradientTransformation:
-    """Adafactor with T5's settings (Shazeer & Stern 2018; Mesh TF / t5x defaults)."""
-    transform = optax.adafactor(
+    """Adafactor with T5's settings (Shazeer & Stern 2018; Mesh TF / t5x defaults).
+
+    The same optimizer as `optax.adafactor` (its state too, so t5x state import and
+    `factor_like_t5x` see what they expect), with each parameter's update written as
+    one expression: the chain's stages (factored RMS, block-RMS clip, learning rate,
+    parameter scale, sign) each materialise an update-sized array in optax, here the
+    scalar factors are folded first and the gradient is read once more for the output.
+    Momentum and weight decay keep optax's chain.
+    """
+    reference = optax.adafactor(
         learning_rate=learning_rate,
         min_dim_size_to_factor=min_dim_size_to_factor,
         decay_rate=decay_rate,
@@ -110,7 +121,83 @@ def adafactor(
         factored=factored,
         weight_decay_rate=weight_decay_rate,
     )
-    return _with_clipping(transform, global_norm_clip)
+    if momentum is not None or weight_decay_rate is not None:
+        return _with_clipping(reference, global_norm_clip)
+    settings = _AdafactorSettings(
+        decay_rate, multiply_by_parameter_scale, clipping_threshold, factored,
+        min_dim_size_to_factor,
+    )  # fmt: skip
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("adafactor needs the parameters (it scales by their RMS)")
+        factored_state, *rest = state
+        count = factored_state.count
+        rate = 1.0 if learning_rate is None else learning_rate
+        if callable(learning_rate):
+            at = 0 if clipping_threshold is None else 1  # after the clip's empty state
+            schedule_state = rest[at]
+            rate = learning_rate(schedule_state.count)
+            rest[at] = optax.ScaleByScheduleState(count=optax.safe_increment(schedule_state.count))
+        leaves = jax.tree.map(
+            lambda g, r, c, v, p: _adafactor_leaf(settings, g, r, c, v, p, count, rate),
+            grads, factored_state.v_row, factored_state.v_col, factored_state.v, params,
+        )  # fmt: skip
+        pick = lambda i: jax.tree.map(lambda _, out: out[i], grads, leaves)  # noqa: E731
+        new_state = optax.FactoredState(
+            count=optax.safe_increment(count), v_row=pick(1), v_col=pick(2), v=pick(3)
+        )
+        return pick(0), (new_state, *rest)
+
+    return _with_clipping(optax.GradientTransformation(reference.init, update), global_norm_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdafactorSettings:
+    decay_rate: float
+    multiply_by_parameter_scale: bool
+    clipping_threshold: float | None
+    factored: bool
+    min_dim_size_to_factor: int
+
+
+def _factored_axes(shape, settings: _AdafactorSettings) -> tuple[int, int] | None:
+    """optax's choice: the two largest axes (second largest, largest), when the
+    second largest has at least min_dim_size_to_factor entries."""
+    if not settings.factored or len(shape) < 2:
+        return None
+    order = np.argsort(shape)
+    if shape[order[-2]] < settings.min_dim_size_to_factor:
+        return None
+    return int(order[-2]), int(order[-1])
+
+
+def _adafactor_leaf(settings: _AdafactorSettings, grad, v_row, v_col, v, param, count, rate):
+    """One parameter's (update, v_row, v_col, v); unused statistics stay [1] zeros."""
+    dtype = param.dtype
+    decay = 1.0 - jnp.asarray(count + 1, jnp.float32) ** (-settings.decay_rate)
+    grad_sqr = jnp.square(grad) + 1e-30
+    unused = jnp.zeros((1,), dtype)
+    axes = _factored_axes(param.shape, settings)
+    if axes is not None:
+        d1, d0 = axes
+        v_row = (decay * v_row + (1.0 - decay) * jnp.mean(grad_sqr, axis=d0)).astype(dtype)
+        v_col = (decay * v_col + (1.0 - decay) * jnp.mean(grad_sqr, axis=d1)).astype(dtype)
+        row_mean = jnp.mean(v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
+        row = jnp.expand_dims((v_row / row_mean) ** -0.5, d0)
+        col = jnp.expand_dims(v_col**-0.5, d1)
+        update, v = grad * row * col, unused
+    else:
+        v = (decay * v + (1.0 - decay) * grad_sqr).astype(dtype)
+        update, v_row, v_col = grad * v**-0.5, unused, unused
+    # The per-parameter scalars, folded into one multiplier of the update.
+    scale = jnp.asarray(rate, dtype)
+    if settings.clipping_threshold is not None:
+        rms = jnp.sqrt(jnp.mean(jnp.square(update)))
+        scale = scale / jnp.maximum(1.0, rms / settings.clipping_threshold)
+    if settings.multiply_by_parameter_scale:
+        scale = scale * jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(param))), 1e-3)
+    return -scale * update, v_row, v_col, v
 
 
 @gin.configurable

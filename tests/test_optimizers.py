@@ -79,3 +79,32 @@ def test_global_norm_clipping_applies_before_the_optimizer():
     unclipped, _ = without.update(grads, without.init(params), params)
     np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-5)
     assert not np.allclose(updates["w"], unclipped["w"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("schedule", [None, 0.01], ids=["schedule", "constant"])
+def test_adafactor_matches_optax_chain_over_100_steps(schedule):
+    # The folded update against optax.adafactor itself (T5's settings), on a factored
+    # 3-D kernel, a factored matrix, a too-small matrix and a vector.
+    import optax
+
+    rate = constant_schedule(0.01, warmup_steps=20) if schedule is None else schedule
+    shapes = {"q": (256, 4, 32), "wo": (200, 256), "small": (64, 100), "scale": (256,)}
+    rng = np.random.default_rng(0)
+    params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    ours, ref = adafactor(learning_rate=rate), optax.adafactor(rate, decay_rate=0.8)
+    ours_p, ref_p = params, params
+    ours_s, ref_s = ours.init(params), ref.init(params)
+    update_ours, update_ref = jax.jit(ours.update), jax.jit(ref.update)
+    for _ in range(100):
+        grads = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+        u, ours_s = update_ours(grads, ours_s, ours_p)
+        ours_p = optax.apply_updates(ours_p, u)
+        u, ref_s = update_ref(grads, ref_s, ref_p)
+        ref_p = optax.apply_updates(ref_p, u)
+    assert jax.tree.structure(ours_s) == jax.tree.structure(ref_s)
+    for a, b in zip(
+        jax.tree.leaves((ours_p, ours_s)), jax.tree.leaves((ref_p, ref_s)), strict=True
+    ):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.max(np.abs(a - b)) <= 1e-6 * max(np.max(np.abs(b)), 1e-30)
+    assert not np.allclose(ours_p["q"], params["q"])  # it did train
