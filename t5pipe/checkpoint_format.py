@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import seqio
 from etils import epath
@@ -157,8 +158,8 @@ def load_params(path: str | Path, target: Any | None = None) -> Any:
     return restored[STATE_ITEM]["params"]
 
 
-def stored_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """{param name: shape} of a checkpoint's params, read from its metadata only."""
+def _state_metadata(path: str | Path) -> dict[str, Any]:
+    """The state item's tree of array metadata (shapes, dtypes), no array read."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # orbax warns about metadata files it can do without
@@ -166,10 +167,38 @@ def stored_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         metadata = ocp.StandardCheckpointer().metadata(resolve_path(path) / STATE_ITEM)
     finally:
         absl_logger.setLevel(level)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    return metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+
+
+def stored_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{param name: shape} of a checkpoint's params, read from its metadata only."""
+    tree = _state_metadata(path)
     if "params" not in tree:
         raise UserInputError(f"checkpoint {path} holds no 'params' (items: {sorted(tree)})")
     return pytrees.shapes(tree["params"])
+
+
+def stored_step(path: str | Path) -> int | None:
+    """The training step a checkpoint's state records (training checkpoints, t5x
+    imports), or None when it holds parameters only (a Hugging Face import)."""
+    path = resolve_path(path)
+    if "step" not in _state_metadata(path):
+        return None
+    item = {"step": np.zeros((), np.int32)}
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    restored = checkpointer.restore(
+        path,
+        args=ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                )
+            }
+        ),
+    )
+    return int(restored[STATE_ITEM]["step"])
 
 
 # ------------------------------------------------------------------ fitting a model

@@ -61,7 +61,7 @@ MODEL_FEATURES = (
 def train(
     *,
     model_dir: str,
-    train_steps: int,
+    train_steps: int | None = None,
     model: T5Config,
     data: DataConfig,
     optimization: OptimizationConfig,
@@ -73,8 +73,15 @@ def train(
     peak_flops_per_device: float | None = None,
     dry_run: bool = False,
     lora_config: LoraConfig | None = None,
+    train_steps_relative: int | None = None,
 ) -> dict[str, Any]:
     """Trains `model` to step `train_steps` (TRAIN_STEPS) into `model_dir` (MODEL_DIR).
+
+    As in t5x, the steps count from the initial checkpoint's step when it carries one
+    (INITIAL_CHECKPOINT_PATH of a training run or a t5x checkpoint): from step 400,
+    TRAIN_STEPS=430 runs 30 steps. `train_steps_relative` (TRAIN_STEPS_RELATIVE), when
+    set, replaces TRAIN_STEPS with the run's first step plus it; unlike t5x, a resumed
+    run keeps the end step of the run it resumes.
 
     `vocabulary`: what checkpoints record (default: the task's targets vocabulary);
     `seed` (RANDOM_SEED): parameter init and dropout; `stats_period` (STATS_PERIOD).
@@ -85,9 +92,22 @@ def train(
     kernels it selects; only they train (no optimizer state for the frozen base), they
     are saved inside each checkpoint and alone in MODEL_DIR/adapter at the end.
     """
-    for name, value in (("TRAIN_STEPS", train_steps), ("STATS_PERIOD", stats_period)):
+    checks = (
+        ("TRAIN_STEPS", train_steps),
+        ("TRAIN_STEPS_RELATIVE", train_steps_relative),
+        ("STATS_PERIOD", stats_period),
+    )
+    for name, value in checks:
+        if value is None and name != "STATS_PERIOD":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserInputError(f"{name}={value!r}: expected a whole number >= 1")
+    if train_steps is None and train_steps_relative is None:
+        raise UserInputError(
+            "TRAIN_STEPS is required but not set: --gin.TRAIN_STEPS=... (the step to stop "
+            "at, counting the initial checkpoint's steps) or --gin.TRAIN_STEPS_RELATIVE=... "
+            "(steps beyond the initial checkpoint's)"
+        )
     model_dir = resolve_path(model_dir)  # gs://... stays remote
     train_logging.check_writable(model_dir)
     task = input_pipeline.check_task(data)
@@ -104,6 +124,7 @@ def train(
         tx = peft.freeze_except(optimization.make_optimizer(), abstract_params(model)[0], trainable)
         layout = train_state.state_layout(model, tx, seed, mesh, rules)
         start = train_state.plan_start(model_dir, checkpoint, model)
+    train_steps = _end_step(start, train_steps, train_steps_relative)
     input_pipeline.check_first_examples(task, data, count_truncation=start.kind != "resume")
     if dry_run:
         return {"start": start, "step": None}
@@ -140,6 +161,7 @@ def _run(
     manager = checkpoint_manager.make_manager(model_dir, checkpoint, lock.start_time)
     log = train_logging.MetricsLog(model_dir, train_steps)
     try:
+        log.message(start.describe(train_steps))
         with partitioning.activation_rules(mesh, rules), _lora_scope(lora_config)():
             state = train_state.start_state(
                 start, layout, model, tx, seed, manager, checkpoint, say=log.message
@@ -172,13 +194,18 @@ def _run(
             model, vocabulary, kind="train", mixture_or_task_name=data.mixture_or_task_name,
             task_feature_lengths=dict(data.task_feature_lengths),
             **({"lora": lora_config.to_dict()} if lora_config is not None else {}),
+            **{train_state.RUN_START_KEY: start.run_start},
         )  # fmt: skip
         loop = _Loop(
             model_dir, train_steps, stats_period, state, step_fn, manager, meta, log,
             on_nonfinite=optimization.on_nonfinite, best_metric=checkpoint.best_metric,
             checkpoint_period=checkpoint.period, lora_config=lora_config,
         )  # fmt: skip
-        batches = input_pipeline.train_batches(data, start_step=loop.step, sharding=batch_sharding)
+        # The data position counts from the run's first step, not the global step: a
+        # fine-tune from step 1M starts at its task's first batch.
+        batches = input_pipeline.train_batches(
+            data, start_step=start.data_position(loop.step), sharding=batch_sharding
+        )
         evaluator = TrainEvaluator(
             evaluation, data.mixture_or_task_name, data.task_feature_lengths, data.batch_size,
             model, vocabulary, mesh, rules,
@@ -210,6 +237,20 @@ def _close_quietly(manager) -> None:
 def _lora_scope(config: LoraConfig | None):
     """A context factory: `lora.attach(config)`, or nothing without LoRA."""
     return (lambda: lora.attach(config)) if config is not None else contextlib.nullcontext
+
+
+def _end_step(start: train_state.Start, train_steps, train_steps_relative) -> int:
+    """The step to stop at: TRAIN_STEPS, or the run's first step + TRAIN_STEPS_RELATIVE."""
+    if train_steps_relative is not None:
+        return start.run_start + train_steps_relative
+    if start.kind == "initial" and train_steps <= start.step:
+        raise UserInputError(
+            f"TRAIN_STEPS={train_steps} leaves nothing to train: the initial checkpoint "
+            f"{start.path} is at step {start.step}, and TRAIN_STEPS counts its steps, as in "
+            f"t5x. For N fine-tuning steps set TRAIN_STEPS={start.step} + N, or "
+            "TRAIN_STEPS_RELATIVE=N"
+        )
+    return train_steps
 
 
 def _checked_vocabulary(task, vocabulary, model: T5Config) -> seqio.Vocabulary:

@@ -2,8 +2,9 @@
 
     StateLayout    the abstract state (ShapeDtypeStructs carrying shardings) and shardings
     plan_start     resume from MODEL_DIR's latest checkpoint, start from
-                   INITIAL_CHECKPOINT_PATH, or start fresh; each checkpoint is checked
-                   against the model before anything is written
+                   INITIAL_CHECKPOINT_PATH (at its step, as t5x does), or start fresh;
+                   each checkpoint is checked against the model before anything is
+                   written
     start_state    the state that plan says: restored, or initialised (then the initial
                    checkpoint's parameters and a saved prompt swapped in)
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from t5pipe import checkpoint_format, checkpoint_manager, lora, partitioning, peft, pytrees
@@ -63,14 +65,50 @@ def _init_fn(config: T5Config, optimizer: optax.GradientTransformation, seed: in
     return lambda rng: init_train_state(init_params(config, rng), optimizer, seed)
 
 
+RUN_START_KEY = "run_start_step"  # checkpoint meta: the step the run began at
+
+
 @dataclasses.dataclass(frozen=True)
 class Start:
     """Where a run's state comes from: 'resume' (MODEL_DIR's latest checkpoint),
-    'initial' (INITIAL_CHECKPOINT_PATH's parameters) or 'fresh'."""
+    'initial' (INITIAL_CHECKPOINT_PATH's parameters) or 'fresh'.
+
+    step: the state's step at start (as in t5x, an initial checkpoint's own step, 0 when
+    it carries none, e.g. a Hugging Face import); run_start: the step this run began at
+    (the initial checkpoint's step), from which its data position counts.
+    """
 
     kind: str
     path: Path | None = None
     fit: checkpoint_format.Fit | None = None
+    step: int = 0
+    run_start: int = 0
+
+    def data_position(self, step: int) -> int:
+        """Batches of the run's data already trained on when the state is at `step`."""
+        return step - self.run_start
+
+    def describe(self, train_steps: int) -> str:
+        """One line: which start happened and what the step counts."""
+        to_go = f"to step {train_steps} ({train_steps - self.step} steps to run"
+        if self.kind == "resume":
+            return (
+                f"resuming from {self.path} at step {self.step} {to_go}); this run began at "
+                f"step {self.run_start}, so its data continues at batch "
+                f"{self.data_position(self.step)}"
+            )
+        if self.kind == "initial" and self.step:
+            return (
+                f"starting at step {self.step}, the step of the initial checkpoint {self.path},"
+                f" {to_go}; TRAIN_STEPS counts the checkpoint's steps, as in t5x); schedules "
+                "continue from that step, the data starts at the task's first batch"
+            )
+        if self.kind == "initial":
+            return (
+                f"starting at step 0 from the initial checkpoint {self.path}, which carries no "
+                f"step (parameters only, e.g. a Hugging Face import), {to_go})"
+            )
+        return f"starting from scratch at step 0 {to_go})"
 
 
 def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Config) -> Start:
@@ -89,7 +127,9 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
         fit = checkpoint_format.check_fits(
             latest, shapes, config, f"MODEL_DIR={model_dir} (resuming from its latest checkpoint)"
         )
-        return Start("resume", Path(latest), fit)
+        # Checkpoints of runs that predate the record began at step 0.
+        run_start = int(checkpoint_format.read_meta(latest).get(RUN_START_KEY, 0))
+        return Start("resume", Path(latest), fit, int(Path(latest).name), run_start)
     if initial:
         role = f"INITIAL_CHECKPOINT_PATH={initial}"
         fit = checkpoint_format.check_fits(
@@ -103,7 +143,8 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
                 {n: v for n, v in pytrees.flatten(shapes).items() if n not in own}
             )
             checkpoint_format.check_fits(initial, kept, config, role, allow_unexpected=True)
-        return Start("initial", Path(initial), fit)
+        step = checkpoint_format.stored_step(initial) or 0
+        return Start("initial", Path(initial), fit, step, step)
     return Start("fresh")
 
 
@@ -114,6 +155,21 @@ _FRESH = re.compile(rf"^prompt$|{lora.TRAINABLE}")
 
 def _starts_fresh(name: str) -> bool:
     return bool(_FRESH.search(name))
+
+
+def schedules_at(opt_state: Any, step) -> Any:
+    """`opt_state` with the step counters of its learning-rate schedules set to `step`,
+    so that they continue from an initial checkpoint's step. The moment estimates'
+    counters stay at 0: their bias corrections belong to the (fresh) statistics."""
+
+    def reset(node):
+        if isinstance(node, optax.ScaleByScheduleState):
+            return node._replace(count=jnp.asarray(step, node.count.dtype))
+        return node
+
+    return jax.tree.map(
+        reset, opt_state, is_leaf=lambda node: isinstance(node, optax.ScaleByScheduleState)
+    )
 
 
 def start_state(
@@ -146,8 +202,12 @@ def start_state(
         params = checkpoint_format.load_initial_params(
             start.path, layout.abstract["params"], state["params"], start.fit
         )
-        opt_init = jax.jit(optimizer.init, out_shardings=layout.shardings["opt_state"])
-        state = {**state, "params": params, "opt_state": opt_init(params)}
+        opt_init = jax.jit(
+            lambda p: schedules_at(optimizer.init(p), start.step),
+            out_shardings=layout.shardings["opt_state"],
+        )
+        step = jax.device_put(jnp.asarray(start.step, jnp.int32), layout.shardings["step"])
+        state = {**state, "step": step, "params": params, "opt_state": opt_init(params)}
     if checkpoint.initial_prompt_path:
         params = peft.merge_prompt(
             state["params"], peft.load_prompt(checkpoint.initial_prompt_path)
