@@ -1,11 +1,15 @@
-"""`t5pipe convert`: Hugging Face T5 folders <-> self-describing t5pipe checkpoints.
+"""`t5pipe convert`: Hugging Face T5 folders and t5x checkpoints <-> self-describing
+t5pipe checkpoints.
 
     t5pipe convert --from_hf DIR --out CKPT [--scan_layers] [--dtype bfloat16]
                    [--vocab byte|SPM_FILE] [--extra_ids N] [--overwrite]
     t5pipe convert --to_hf --checkpoint CKPT --out DIR [--dtype float32|bfloat16|float16]
                    [--overwrite]
+    t5pipe convert --from_t5x DIR --out CKPT [--gin_file MODEL.gin] [--vocab SPM|byte]
+    t5pipe convert --to_t5x --checkpoint CKPT --out DIR [--overwrite]
 
-The conversion itself is `t5pipe.hf.convert`; the last line on stdout is the path written.
+The conversions themselves are `t5pipe.hf.convert` and `t5pipe.t5x.importing`; the last
+line on stdout is the path written.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ from t5pipe.model_config import DTYPES
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="t5pipe convert",
-        description="Import a Hugging Face T5 folder as a t5pipe checkpoint, or export one.",
+        description="Import a Hugging Face T5 folder or a t5x checkpoint, or export one.",
     )
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from_hf", metavar="DIR", help="Hugging Face T5 folder to import")
     direction.add_argument("--to_hf", action="store_true", help="export --checkpoint to --out")
+    direction.add_argument(
+        "--from_t5x", metavar="DIR", help="t5x checkpoint_<step> folder (or MODEL_DIR) to import"
+    )
+    direction.add_argument(
+        "--to_t5x", action="store_true", help="export --checkpoint to --out in the T5X format"
+    )
     parser.add_argument("--checkpoint", metavar="CKPT", help="t5pipe checkpoint to export")
     parser.add_argument("--out", required=True, help="checkpoint (import) or folder (export)")
     parser.add_argument(
@@ -50,16 +60,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     argv, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     args = parser.parse_args(argv)
     args.gin_dot_bindings = dot_bindings
-    if args.to_hf and not args.checkpoint:
-        parser.error("--to_hf needs --checkpoint CKPT")
-    if args.from_hf and args.checkpoint:
-        parser.error("--checkpoint goes with --to_hf; --from_hf reads DIR and writes --out")
-    if args.to_hf:
+    export = args.to_hf or args.to_t5x
+    if export and not args.checkpoint:
+        parser.error(f"--{'to_hf' if args.to_hf else 'to_t5x'} needs --checkpoint CKPT")
+    if not export and args.checkpoint:
+        parser.error("--checkpoint goes with --to_hf / --to_t5x; an import reads DIR")
+    if args.from_t5x and (args.dtype or args.extra_ids is not None):
+        parser.error("--dtype and --extra_ids apply to --from_hf and --to_hf")
+    if args.from_t5x and (args.gin_bindings or args.gin_dot_bindings):
+        parser.error("--from_t5x takes the model from --gin_file (or the run's config.gin)")
+    if export:
         for flag in ("scan_layers", "vocab", "extra_ids", "gin_file", "gin_bindings"):
             if getattr(args, flag) not in (None, False, []):
-                parser.error(f"--{flag} applies to --from_hf only")
+                parser.error(f"--{flag} applies to imports only")
         if args.gin_dot_bindings:
-            parser.error("--gin.NAME=VALUE flags apply to --from_hf only")
+            parser.error("--gin.NAME=VALUE flags apply to imports only")
     if args.extra_ids is not None and args.extra_ids < 0:
         parser.error(f"--extra_ids must be >= 0, got {args.extra_ids}")
     return args
@@ -67,6 +82,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.from_t5x or args.to_t5x:
+        print(_t5x(args))
+        return 0
     from t5pipe.hf.convert import export_hf, import_hf
 
     if args.to_hf:
@@ -84,6 +102,17 @@ def main(argv: list[str]) -> int:
         )
     print(out)
     return 0
+
+
+def _t5x(args: argparse.Namespace):
+    from t5pipe.t5x.importing import export_t5x, import_t5x
+
+    if args.to_t5x:
+        return export_t5x(args.checkpoint, args.out, overwrite=args.overwrite)
+    return import_t5x(
+        args.from_t5x, args.out, gin_files=args.gin_file, vocab=args.vocab,
+        scan_layers=args.scan_layers, overwrite=args.overwrite,
+    )  # fmt: skip
 
 
 def model_fields_bound_in_gin(args: argparse.Namespace) -> dict[str, Any]:
