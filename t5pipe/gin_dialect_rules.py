@@ -310,16 +310,8 @@ def _only_nan_actions(value) -> bool:
     return all(is_ref("trainer.TerminateOnNanAction")(a) for acts in value.values() for a in acts)
 
 
-def _relative_steps(value):
-    if value is not None:
-        raise Refused("t5pipe train has no relative step count yet: set TRAIN_STEPS to the "
-                      "initial checkpoint's step plus the steps to run")  # fmt: skip
-    return []
-
-
-_TRAIN["relative_steps"] = only(lambda v: True, "", "TRAIN_STEPS_RELATIVE",
-                                note="steps beyond the initial checkpoint's",
-                                then=_relative_steps)  # fmt: skip
+_TRAIN["relative_steps"] = to("train.train_steps_relative",
+                              note="steps beyond the initial checkpoint's")  # fmt: skip
 
 _EVALUATE = {
     "model": noop("the model comes with the checkpoint"),

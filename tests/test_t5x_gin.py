@@ -237,6 +237,13 @@ def test_model_and_run_files_map_onto_t5pipe_settings(t5x_tree):
     assert "t5x" not in sys.modules and "t5" not in sys.modules
 
 
+def test_relative_steps_map_onto_train_steps_relative(t5x_tree):
+    files = [str(t5x_tree.root / "t5x/examples/t5/t5_1_1/mini.gin")]
+    files.append(str(t5x_tree.root / "t5x/configs/runs/finetune.gin"))
+    gin_setup.parse(files, [*REQUIRED, "TRAIN_STEPS_RELATIVE = 30"])
+    assert _train_arguments()["train_steps_relative"] == 30
+
+
 def test_t5x_include_paths_fall_back_to_shipped_files(tmp_path):
     """Without t5x's files on the search path, its model and run paths are t5pipe's."""
     example = tmp_path / "example.gin"
@@ -276,7 +283,6 @@ def test_a_real_t5x_is_never_imported(tmp_path, t5x_tree):
         ),
         ("utils.RestoreCheckpointConfig.mode = 'latest'", "t5pipe eval --model_dir DIR"),
         ("OPTIMIZER = @optimizers.MultiOptimizer()", "t5pipe maps optimizers.chain"),
-        ("train_script.train.relative_steps = 30", "TRAIN_STEPS"),
         ("adafactor.Adafactor.step_offset = 5", "no step offset"),
         ("network.T5Config.mlp_activations = ('tanh',)", "feed_forward_proj"),
         ("seqio.JSONLogger.write_n_results = 10", "every prediction"),
