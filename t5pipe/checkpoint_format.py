@@ -141,7 +141,11 @@ def load_params(path: str | Path, target: Any | None = None) -> Any:
     path = resolve_path(path)
     if target is None:
         return load_state(path)["params"]
-    item = {"params": target}
+    return _restore_subtrees(path, {"params": target})["params"]
+
+
+def _restore_subtrees(path: Path, item: dict[str, Any]) -> dict[str, Any]:
+    """Only the top-level entries of the state item that `item` names, shaped by it."""
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     restored = checkpointer.restore(
         path,
@@ -155,7 +159,7 @@ def load_params(path: str | Path, target: Any | None = None) -> Any:
             }
         ),
     )
-    return restored[STATE_ITEM]["params"]
+    return restored[STATE_ITEM]
 
 
 def _state_metadata(path: str | Path) -> dict[str, Any]:
@@ -184,21 +188,7 @@ def stored_step(path: str | Path) -> int | None:
     path = resolve_path(path)
     if "step" not in _state_metadata(path):
         return None
-    item = {"step": np.zeros((), np.int32)}
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    restored = checkpointer.restore(
-        path,
-        args=ocp.args.Composite(
-            **{
-                STATE_ITEM: ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                    partial_restore=True,
-                )
-            }
-        ),
-    )
-    return int(restored[STATE_ITEM]["step"])
+    return int(_restore_subtrees(path, {"step": np.zeros((), np.int32)})["step"])
 
 
 # ------------------------------------------------------------------ fitting a model
