@@ -17,7 +17,13 @@ import os
 import sys
 
 from t5pipe import startup
-from t5pipe.errors import EXIT_BAD_INPUT, T5pipeError, UserInputError, clean_message
+from t5pipe.errors import (
+    EXIT_BAD_INPUT,
+    T5pipeError,
+    UserInputError,
+    clean_message,
+    network_failure,
+)
 
 COMMANDS = {
     "train": "train or fine-tune a model (gin-configured)",
@@ -62,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         return error.exit_code
+    except Exception as error:
+        line = network_failure(error)  # one line, not TensorFlow's traceback
+        if line is None or os.environ.get("T5PIPE_DEBUG"):
+            raise
+        print(f"t5pipe {command}: error: {line}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -77,3 +77,37 @@ def nearest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the closest candidates, or ''."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+# Texts by which a network failure shows itself in TensorFlow's GCS client (libcurl),
+# TFDS downloads (requests/urllib3) and the socket layer.
+_NETWORK_MARKERS = (
+    "libcurl",
+    "Error executing an HTTP request",
+    "Could not resolve host",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "NameResolutionError",
+    "Max retries exceeded",
+    "Network is unreachable",
+    "Connection refused",
+)
+
+
+def network_failure(error: BaseException) -> str | None:
+    """One line for an error that a failed network access (gs://, a TFDS download) caused,
+    found anywhere in its chain of causes, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = clean_message(error)
+        if any(marker in text for marker in _NETWORK_MARKERS):
+            where = re.search(r"(gs://\S+|https?://\S+)", text)
+            what = f" reading {where.group(1).rstrip('.,;:')}" if where else ""
+            return (
+                f"a network access failed{what}: {first_line(error)}. This host cannot reach "
+                "it: use local copies (T5PIPE_VOCAB for the vocabulary, T5PIPE_GLUE_DIR / "
+                "T5PIPE_SQUAD_DIR or --tfds_data_dir for data), or run where it is reachable"
+            )
+        error = error.__cause__ or error.__context__
+    return None

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_manager, input_pipeline, partitioning
+from t5pipe import checkpoint_manager, input_pipeline, partitioning, vocabularies
 from t5pipe.checkpoint_format import require_checkpoint
 from t5pipe.decoding import DecodingOptions
 from t5pipe.errors import UserInputError
@@ -345,11 +345,12 @@ def evaluate(
     label_names = {task.name: label_classes(task) for task in tasks if label_classes(task)}
     for step, path in found:
         params, config, vocabulary = load_for_inference(path, mesh, rules)
-        results = run_evaluation(
-            params, config, vocabulary, mixture_or_task_name, split=split,
-            feature_lengths=task_feature_lengths, batching=batching, max_examples=max_examples,
-            decoding=decoding, options=options,
-        )  # fmt: skip
+        with vocabularies.checkpoint_default(vocabulary):  # the tasks read with its vocabulary
+            results = run_evaluation(
+                params, config, vocabulary, mixture_or_task_name, split=split,
+                feature_lengths=task_feature_lengths, batching=batching,
+                max_examples=max_examples, decoding=decoding, options=options,
+            )  # fmt: skip
         target = output_dir if len(found) == 1 else output_dir / f"step_{step}"
         metrics = write_results(results, target, step, label_names)
         if len(found) > 1:  # one TensorBoard run over all steps

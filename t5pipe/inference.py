@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_format, checkpoint_integrity, partitioning
+from t5pipe import checkpoint_format, checkpoint_integrity, partitioning, vocabularies
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params
@@ -220,7 +220,8 @@ def infer(
     checkpoint = checkpoint_format.require_checkpoint(checkpoint_path, "--checkpoint")
     _check_not_same(input_file, output_file)
     if mixture_or_task_name:
-        records = list(_task_inputs(mixture_or_task_name, split, max_examples))
+        with vocabularies.checkpoint_default(checkpoint_format.load_vocabulary(checkpoint)):
+            records = list(_task_inputs(mixture_or_task_name, split, max_examples))
     elif input_file in (None, "-"):
         records = _text_inputs(None)  # stdin streams
     else:

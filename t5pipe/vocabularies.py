@@ -11,8 +11,11 @@ usable where the original path is gone.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,68 @@ from t5pipe.errors import UserInputError, first_line
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 VOCAB_ENV = "T5PIPE_VOCAB"
+# gs:// reads go through this host; one short connection attempt tells whether it can be
+# reached before TensorFlow's GCS client starts its own retries.
+GCS_HOST = ("storage.googleapis.com", 443)
+GCS_PROBE_SECONDS = 3.0
+
+# The vocabulary of the checkpoint being evaluated or decoded with (`checkpoint_default`).
+_checkpoint_vocabulary: list[seqio.SentencePieceVocabulary] = []
 
 
 def default_spm_path() -> str:
-    return os.environ.get(VOCAB_ENV) or T5_SPM_PATH
+    """T5's default vocabulary file: $T5PIPE_VOCAB, then the gin binding of
+    `t5_vocabulary.path`, then t5x's gs:// path."""
+    return os.environ.get(VOCAB_ENV) or _bound_t5_path() or T5_SPM_PATH
+
+
+def how_to_set_t5_vocabulary() -> str:
+    """The ways to point t5pipe at T5's SentencePiece model, in the order they are read."""
+    return (
+        f"Point t5pipe at T5's spiece.model: set {VOCAB_ENV}=/path/to/spiece.model (read "
+        "first), or bind --gin.t5_vocabulary.path=/path/to/spiece.model (or "
+        "`t5_vocabulary.path = '...'` in a gin file), or give this host access to "
+        f"{T5_SPM_PATH} (network and Google Cloud credentials)"
+    )
+
+
+@contextlib.contextmanager
+def checkpoint_default(vocabulary: seqio.Vocabulary):
+    """Within it, tasks' default T5 vocabularies resolve to `vocabulary` (a checkpoint's
+    own, usually its embedded copy) when that is a SentencePiece one: a checkpoint is
+    self-describing, so evaluating or decoding with it needs no vocabulary setting."""
+    pinned = isinstance(vocabulary, seqio.SentencePieceVocabulary)
+    if pinned:
+        _checkpoint_vocabulary.append(vocabulary)
+    try:
+        yield
+    finally:
+        if pinned:
+            _checkpoint_vocabulary.pop()
+
+
+@functools.lru_cache(maxsize=1)
+def gcs_reachable() -> bool:
+    """One TCP connection attempt to GCS (a few seconds at most, once per process). Behind
+    an HTTPS proxy the answer is left to TensorFlow's own client."""
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    try:
+        socket.create_connection(GCS_HOST, timeout=GCS_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def require_reachable(path: str, fix: str) -> None:
+    """A gs:// file whose host cannot be reached: one message now, instead of TensorFlow's
+    retries and traceback later."""
+    if str(path).startswith("gs://") and not gcs_reachable():
+        host = GCS_HOST[0]
+        raise UserInputError(
+            f"the vocabulary file {path} cannot be read: {host} cannot be reached from this "
+            f"host (no network). {fix}."
+        )
 
 
 @gin.configurable
@@ -45,8 +106,9 @@ def t5_vocabulary(path: str | None = None, extra_ids: int = 100) -> seqio.Senten
 
 
 class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
-    """A SentencePiece vocabulary whose model file is resolved when first read:
-    the gin binding `t5_vocabulary.path`, else `$T5PIPE_VOCAB`, else t5x's default.
+    """A SentencePiece vocabulary whose model file is resolved when read: the vocabulary
+    of the checkpoint in use (`checkpoint_default`), else `default_spm_path()`
+    ($T5PIPE_VOCAB, the gin binding `t5_vocabulary.path`, t5x's gs:// default).
 
     It compares equal to (and pickles as) a plain SentencePieceVocabulary over the
     resolved file.
@@ -58,15 +120,30 @@ class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     # seqio stores the path in `_sentencepiece_model_file`; resolve it on read.
     @property
     def _sentencepiece_model_file(self) -> str:
-        return self.__dict__.get("_explicit_path") or _bound_t5_path() or default_spm_path()
+        if self.__dict__.get("_explicit_path"):
+            return self.__dict__["_explicit_path"]
+        if _checkpoint_vocabulary:
+            return _checkpoint_vocabulary[-1].sentencepiece_model_file
+        return default_spm_path()
 
     @_sentencepiece_model_file.setter
     def _sentencepiece_model_file(self, value: str | None) -> None:
         self.__dict__["_explicit_path"] = value
 
+    def _model_context(self):
+        # seqio keeps the loaded model; a new resolution (another checkpoint, a changed
+        # setting) loads the file it now names.
+        path = self._sentencepiece_model_file
+        if self.__dict__.get("_loaded_from") != path:
+            require_reachable(path, how_to_set_t5_vocabulary())
+            self._model = None
+            self.__dict__["_loaded_from"] = path
+        return super()._model_context()
+
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_explicit_path", None)
+        state.pop("_loaded_from", None)
         state["_sentencepiece_model_file"] = self._sentencepiece_model_file
         return state
 
@@ -105,8 +182,18 @@ def check_vocabulary(vocabulary: seqio.Vocabulary, where: str) -> None:
     if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
         return
     path = vocabulary.sentencepiece_model_file
+    if isinstance(vocabulary, DeferredSentencePieceVocabulary):
+        fix = how_to_set_t5_vocabulary()
+    else:
+        fix = (
+            "Fix the path given to the vocabulary (its gin binding, e.g. "
+            "t5_vocabulary.path or mt5_vocabulary.path)"
+        )
     try:
+        require_reachable(path, fix)
         vocabulary.tokenizer  # noqa: B018 - loading the model is the check
+    except UserInputError as error:
+        raise UserInputError(f"{where}: {error.message}") from None
     except Exception as error:  # noqa: BLE001 - any failure to load means unusable
         local = "://" not in str(path)
         problem = (
@@ -114,16 +201,6 @@ def check_vocabulary(vocabulary: seqio.Vocabulary, where: str) -> None:
             if local and not Path(path).exists()
             else f"cannot be read as a SentencePiece model ({first_line(error)})"
         )
-        if isinstance(vocabulary, DeferredSentencePieceVocabulary):
-            fix = (
-                f"Point t5pipe at T5's spiece.model: set {VOCAB_ENV}=/path/to/spiece.model, or "
-                "bind --gin.t5_vocabulary.path=/path/to/spiece.model"
-            )
-        else:
-            fix = (
-                "Fix the path given to the vocabulary (its gin binding, e.g. "
-                "t5_vocabulary.path or mt5_vocabulary.path)"
-            )
         raise UserInputError(f"{where}: the vocabulary file {path} {problem}. {fix}.") from None
 
 

@@ -329,3 +329,23 @@ def test_module_flag_imports_the_users_tasks_from_the_current_folder(
     assert set(json.loads((tmp_path / "out" / "metrics.json").read_text())) >= {"glue_rte_v002"}
     assert cli.main(["eval", "--module", "no_such_tasks_module", "--task", "x"]) == 2
     assert "--module='no_such_tasks_module' cannot be imported" in capsys.readouterr().err
+
+
+def test_offline_eval_and_infer_use_the_checkpoints_own_vocabulary(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """No T5PIPE_VOCAB and no network: GLUE's default vocabulary is the checkpoint's."""
+    from t5pipe import vocabularies
+
+    monkeypatch.delenv(vocabularies.VOCAB_ENV)
+    monkeypatch.setattr(vocabularies, "gcs_reachable", lambda: False)
+    argv = ["--task", "glue_rte_v002", "--checkpoint", str(checkpoint), "--max_examples", "2"]
+    assert run_eval([*argv, "--output_dir", str(tmp_path / "eval")]) == 0, capsys.readouterr().err
+    rows = read_jsonl(tmp_path / "eval" / "glue_rte_v002.predictions.jsonl")
+    assert len(rows) == 2 and rows[0]["inputs"].startswith("rte sentence1:")
+    out = tmp_path / "infer.jsonl"
+    assert cli.main(["infer", *argv, "--output_file", str(out)]) == 0, capsys.readouterr().err
+    assert [r["inputs"] for r in read_jsonl(out)] == [r["inputs"] for r in rows]
+    # Outside a checkpoint's use the default is unreachable again: one message.
+    with pytest.raises(vocabularies.UserInputError, match="T5PIPE_VOCAB="):
+        seqio.get_mixture_or_task("glue_rte_v002").output_features["inputs"].vocabulary.encode("x")

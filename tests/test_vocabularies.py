@@ -3,13 +3,15 @@ t5pipe.vocabularies resolves and describes vocabularies."""
 
 import csv
 import pickle
+import socket
+import time
 
 import pytest
 import seqio
 from testlib import train_error, write
 from transformers import T5Tokenizer
 
-from t5pipe import vocabularies
+from t5pipe import errors, vocabularies
 from t5pipe.tasks import user_data
 
 # (folder, file, sentence columns); header=None for CoLA's headerless file.
@@ -123,7 +125,8 @@ def test_missing_vocabulary(model_dir, tmp_path, monkeypatch, capsys):
     assert "T5PIPE_VOCAB=" in message and "t5_vocabulary.path" in message
 
 
-def test_unreadable_vocabulary(model_dir, tmp_path, capsys):
+def test_unreadable_vocabulary(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(vocabularies.VOCAB_ENV, raising=False)  # it would be read first
     rows = write(tmp_path / "qa.tsv", "question\tanswer\nwho\tme\n")
     user_data.supervised_task(
         "bad_input_t5_vocab", {"train": str(rows)}, "q: {question}", "{answer}", overwrite=True
@@ -141,3 +144,79 @@ def test_unreadable_vocabulary(model_dir, tmp_path, capsys):
 def test_vocabulary_larger_than_model(model_dir, capsys):
     message = train_error(model_dir, "--gin.T5Config.vocab_size=200", capsys=capsys)
     assert "the vocabulary has 259 ids but T5Config.vocab_size is 200" in message
+
+
+# ------------------------------------------------------------------ offline defaults
+
+
+def test_default_path_order_env_then_gin_then_gs(spm_path, tmp_path, monkeypatch):
+    import gin
+
+    monkeypatch.delenv(vocabularies.VOCAB_ENV, raising=False)
+    vocab = vocabularies.t5_vocabulary()
+    assert vocab.sentencepiece_model_file == vocabularies.T5_SPM_PATH
+    gin.bind_parameter("t5_vocabulary.path", str(tmp_path / "bound.model"))
+    assert vocab.sentencepiece_model_file == str(tmp_path / "bound.model")
+    monkeypatch.setenv(vocabularies.VOCAB_ENV, spm_path)
+    assert vocab.sentencepiece_model_file == spm_path
+    # A checkpoint's own vocabulary comes before all of them while it is in use.
+    embedded = seqio.SentencePieceVocabulary(str(tmp_path / "checkpoint.model"))
+    with vocabularies.checkpoint_default(embedded):
+        assert vocab.sentencepiece_model_file == str(tmp_path / "checkpoint.model")
+    with vocabularies.checkpoint_default(vocabularies.byt5_vocabulary()):  # not SentencePiece
+        assert vocab.sentencepiece_model_file == spm_path
+    assert vocab.encode("Hello world") == [8774, 296]
+
+
+def test_offline_glue_run_without_vocabulary_setting_is_one_quick_message(
+    model_dir, data_dir, monkeypatch, capsys
+):
+    """No T5PIPE_VOCAB, no binding, gs:// unreachable: exit 2 with one message naming each
+    way to set the vocabulary, and no network attempt past the probe."""
+    monkeypatch.delenv(vocabularies.VOCAB_ENV, raising=False)
+    monkeypatch.setenv("T5PIPE_GLUE_DIR", str(data_dir / "glue"))
+    probes = []
+    monkeypatch.setattr(vocabularies, "gcs_reachable", lambda: probes.append(1) or False)
+    started = time.monotonic()
+    message = train_error(model_dir, "--gin.MIXTURE_OR_TASK_NAME=glue_sst2_v002", capsys=capsys)
+    elapsed = time.monotonic() - started
+    assert message.startswith(
+        f"task glue_sst2_v002: the vocabulary file {vocabularies.T5_SPM_PATH} cannot be read: "
+        "storage.googleapis.com cannot be reached from this host (no network)."
+    ), message
+    for how in ("T5PIPE_VOCAB=/path/to/spiece.model", "--gin.t5_vocabulary.path=", "gs://"):
+        assert how in message
+    assert "libcurl" not in message and probes
+    assert elapsed < 20, elapsed  # in-process: gin, task lookup, no data read
+
+
+def test_gcs_probe_gives_up_quickly_on_an_unreachable_host(monkeypatch):
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    with socket.socket() as closed:  # a port nothing listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(vocabularies, "GCS_HOST", ("127.0.0.1", port))
+    vocabularies.gcs_reachable.cache_clear()
+    started = time.monotonic()
+    try:
+        assert vocabularies.gcs_reachable() is False
+    finally:
+        vocabularies.gcs_reachable.cache_clear()
+    assert time.monotonic() - started < vocabularies.GCS_PROBE_SECONDS + 1
+
+
+def test_network_failures_become_one_line():
+    try:
+        try:
+            raise RuntimeError(
+                "Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
+                "hostname'\n\t when reading gs://bucket/data/train.tfrecord\nmore detail"
+            )
+        except RuntimeError as cause:
+            raise KeyError("while building the dataset") from cause
+    except KeyError as error:
+        line = errors.network_failure(error)
+    assert "\n" not in line and "reading gs://bucket/data/train.tfrecord" in line
+    assert "T5PIPE_VOCAB" in line and "--tfds_data_dir" in line
+    assert errors.network_failure(ValueError("a plain bad value")) is None
