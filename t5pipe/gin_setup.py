@@ -51,6 +51,9 @@ FLAGS_SOURCE = "--gin flags"
 
 # Macros with a value before any file is read (a model gin file may override them).
 DEFAULT_MACROS = {"MODEL": "@T5Config()"}
+# The macro naming the user's task module(s); the commands import it themselves
+# (`parse_command_gin`), so it works without a run gin file that binds it.
+MODULE_MACRO = "MIXTURE_OR_TASK_MODULE"
 
 
 class _DropGinPackageProbe(logging.Filter):
@@ -171,6 +174,8 @@ def parse(
         parser.parse_text("\n".join(bindings), FLAGS_SOURCE)
     for scope, selector, parameter, value in parser.report.dialect.finish():
         gin.bind_parameter((scope, selector, parameter), value)
+    if MODULE_MACRO in parser.report.defined:
+        parser.report.used.setdefault(MODULE_MACRO, "the command, which imports it")
     check_macros(parser.report, exempt=set(DEFAULT_MACROS), warn_unused=warn_unused)
     if warn_unused and parser.report.dialect.without_effect():
         log.warning("t5x settings without effect in t5pipe (--dry_run lists why): %s",
@@ -186,7 +191,19 @@ def parse_command_gin(args: argparse.Namespace, dot_bindings: Sequence[str] = ()
 
         seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     search_paths = [p for entry in args.gin_search_paths for p in str(entry).split(",") if p]
-    return parse(args.gin_file, [*args.gin_bindings, *dot_bindings], search_paths)
+    parsed = parse(args.gin_file, [*args.gin_bindings, *dot_bindings], search_paths)
+    import_command_modules(getattr(args, "module", ()), parsed)
+    return parsed
+
+
+def import_command_modules(modules: Sequence[str], parsed: ParsedGin) -> None:
+    """Imports the user's task modules a command names: `--module` (each), then the
+    MIXTURE_OR_TASK_MODULE macro when gin sets it (a flag or any gin file)."""
+    from t5pipe.input_pipeline import import_task_modules
+
+    import_task_modules(list(modules), "--module")
+    if MODULE_MACRO in parsed.defined:
+        import_task_modules(_macro_value(MODULE_MACRO), MODULE_MACRO)
 
 
 def _search_path(user_paths: Sequence[str]) -> list[str]:

@@ -59,9 +59,6 @@ def main(argv: list[str]) -> int:
     args, dot_bindings = _parse_flags(argv)
     distributed.initialize(args)
     parsed = gin_setup.parse_command_gin(args, dot_bindings)
-    from t5pipe.input_pipeline import import_task_modules
-
-    import_task_modules(args.module, "--module")
     from t5pipe.decoding import DecodingOptions
     from t5pipe.evaluation import EvalOptions, evaluate
 

@@ -56,9 +56,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     distributed.initialize(args)
     parsed = gin_setup.parse_command_gin(args, dot_bindings)
-    from t5pipe.input_pipeline import import_task_modules
-
-    import_task_modules(args.module, "--module")
     from t5pipe.decoding import DecodingOptions
     from t5pipe.inference import infer
 

@@ -46,9 +46,6 @@ def main(argv: list[str]) -> int:
     gin_setup.parse_command_gin(args, dot_bindings)
     import seqio
 
-    from t5pipe.input_pipeline import import_task_modules
-
-    import_task_modules(args.module, "--module")
     if args.command == "list":
         tasks, mixtures = registered(seqio)
         return _print_listing(tasks, mixtures, args.filter)

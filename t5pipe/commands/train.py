@@ -22,6 +22,12 @@ def _parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gin_setup.add_gin_flags(parser)
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="import to register tasks (repeatable; the current folder is searched last)",
+    )
     distributed.add_distributed_flags(parser)
     parser.add_argument(
         "--dry_run",
