@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 import seqio
 from etils import epath
 
-from t5pipe import pytrees
+from t5pipe import checkpoint_integrity, pytrees
 from t5pipe.errors import UserInputError, first_line
 from t5pipe.model_config import T5Config
 from t5pipe.vocabularies import check_vocabulary, vocabulary_from_spec, vocabulary_to_spec
@@ -118,8 +118,15 @@ def load_model_config(path: str | Path) -> T5Config:
 def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
     """The vocabulary the checkpoint records, checked to load (a file that is not a
     SentencePiece model is an error naming the checkpoint)."""
-    vocabulary = vocabulary_from_spec(read_meta(path)["vocabulary"])
-    check_vocabulary(vocabulary, f"checkpoint {path} (the vocabulary its meta/ records)")
+    spec = read_meta(path)["vocabulary"]
+    vocabulary = vocabulary_from_spec(spec)
+    copy = " (a copy of the file embedded in meta/)" if spec.get("model_b64") else ""
+    fix = (
+        f"{path}/{META_ITEM}/metadata records the vocabulary as {spec.get('path')}{copy}: put "
+        "the SentencePiece model the checkpoint was trained with there, or convert the "
+        "checkpoint again with the right --vocab"
+    )
+    check_vocabulary(vocabulary, f"checkpoint {path} (the vocabulary its meta/ records)", fix)
     return vocabulary
 
 
@@ -164,6 +171,7 @@ def _restore_subtrees(path: Path, item: dict[str, Any]) -> dict[str, Any]:
 
 def _state_metadata(path: str | Path) -> dict[str, Any]:
     """The state item's tree of array metadata (shapes, dtypes), no array read."""
+    checkpoint_integrity.check_state_metadata(resolve_path(path) / STATE_ITEM)
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # orbax warns about metadata files it can do without

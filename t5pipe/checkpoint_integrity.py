@@ -15,6 +15,7 @@ fetched to one host to be hashed: multi-process runs record and check no checksu
 
 from __future__ import annotations
 
+import json
 import sys
 import zlib
 from typing import Any
@@ -125,9 +126,37 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+STATE_METADATA_FILE = "_METADATA"  # orbax's record of the saved tree, in the state item
+
+
+def check_state_metadata(state_dir) -> None:
+    """Raises an error naming `state_dir/_METADATA` when that file (orbax's JSON record
+    of the saved arrays) is present but not a JSON object: orbax itself reports such a
+    file as a bare decode error, or as a missing attribute, naming no file."""
+    file = state_dir / STATE_METADATA_FILE
+    if not file.exists():
+        return  # older orbax layouts have none; a restore reports what it misses
+    try:
+        value = json.loads(file.read_bytes())
+        problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are both
+        problem = f"{type(error).__name__}: {str(error)[:200]}"
+    except OSError as error:
+        problem = f"cannot be read: {error.strerror or error}"
+    if problem is not None:
+        raise UserInputError(
+            f"{file}: not the JSON object orbax writes there ({problem}); the file is damaged, "
+            "so the checkpoint's arrays cannot be read. Use another checkpoint (in a "
+            "MODEL_DIR, move this one out of checkpoints/ to resume from the previous one)."
+        )
+
+
 def unreadable(path, error: BaseException) -> UserInputError:
     """The error for a checkpoint whose state cannot be read back (a damaged or missing
-    data file, or a garbled state/_METADATA)."""
+    data file, or a garbled state/_METADATA, which is then named)."""
+    from etils import epath
+
+    check_state_metadata(epath.Path(path) / "state")
     return UserInputError(
         f"checkpoint {path}: its arrays cannot be read ({clean_reason(error)}); a file under "
         f"{path}/state (its _METADATA or a data file) is damaged or missing. Use another "

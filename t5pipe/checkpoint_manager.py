@@ -242,10 +242,11 @@ def restore(
     """The state saved at `step`, placed and typed like `abstract_state` (ShapeDtypeStructs),
     and verified against its checksums (raises `CorruptCheckpoint`; one `say` line when
     it has none)."""
+    path = Path(manager.directory) / str(step)
+    checkpoint_integrity.check_state_metadata(path / STATE_ITEM)  # names a garbled _METADATA
     restored = manager.restore(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
     )
-    path = Path(manager.directory) / str(step)
     checkpoint_integrity.verify(restored[STATE_ITEM], read_meta(path), path, say=say)
     return restored[STATE_ITEM]
 
@@ -253,7 +254,7 @@ def restore(
 def restore_newest_good(manager, abstract_state: Any, say) -> dict[str, Any] | None:
     """The newest checkpoint that restores and verifies; a corrupt or unreadable newer
     one is reported (which and why) and kept, set aside as `<step>.corrupt` so that this
-    run can save that step again. None when no checkpoint restores."""
+    run can save that step again. None when no checkpoint restores (then none is moved)."""
     directory = Path(manager.directory)
     bad = []
     state = None
@@ -265,14 +266,15 @@ def restore_newest_good(manager, abstract_state: Any, say) -> dict[str, Any] | N
             why = checkpoint_integrity.clean_reason(error)
             bad.append(step)
             say(f"checkpoint {directory / str(step)} cannot be used ({why}); trying an older one")
+    if state is None:
+        return None  # nothing moved: the run stops, and MODEL_DIR stays as it was
     for step in bad:
         aside = _aside_name(directory, step)
         (directory / str(step)).rename(aside)
         say(f"kept the unusable checkpoint {directory / str(step)} as {aside} (not deleted)")
     if bad:
         manager.reload()
-        if state is not None:
-            say(f"falling back to checkpoint {directory / str(int(state['step']))}")
+        say(f"falling back to checkpoint {directory / str(int(state['step']))}")
     return state
 
 

@@ -176,15 +176,15 @@ def byt5_vocabulary(extra_ids: int = 0) -> seqio.ByteVocabulary:
     return seqio.ByteVocabulary(extra_ids=extra_ids)
 
 
-def check_vocabulary(vocabulary: seqio.Vocabulary, where: str) -> None:
+def check_vocabulary(vocabulary: seqio.Vocabulary, where: str, fix: str | None = None) -> None:
     """A SentencePiece vocabulary's model file exists and loads, else an error naming
-    the file and how to point t5pipe at the right one."""
+    the file and how to point t5pipe at the right one (`fix`, else the gin bindings)."""
     if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
         return
     path = vocabulary.sentencepiece_model_file
-    if isinstance(vocabulary, DeferredSentencePieceVocabulary):
+    if fix is None and isinstance(vocabulary, DeferredSentencePieceVocabulary):
         fix = how_to_set_t5_vocabulary()
-    else:
+    elif fix is None:
         fix = (
             "Fix the path given to the vocabulary (its gin binding, e.g. "
             "t5_vocabulary.path or mt5_vocabulary.path)"

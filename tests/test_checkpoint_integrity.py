@@ -1,11 +1,16 @@
 """Checksums per array: a flipped byte in a checkpoint's data file makes train fall back
 to the previous checkpoint (finishing bit-identical to an uninterrupted run, the bad one
-kept), and eval/infer refuse it; garbage in meta/metadata names that file."""
+kept), and eval/infer refuse it; garbage in meta/metadata or state/_METADATA names that
+file; a vocabulary that is not a SentencePiece model is refused; a checkpoint without
+checksums resumes with one line saying so; TensorBoard drops the rows a resume redoes."""
 
+import collections
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
-from testlib import command_error, tree_digest
+from testlib import command_error, train_error, tree_digest, write
 from train_testlib import FAST, read_metrics, train_in_process
 
 from t5pipe import checkpoint_integrity
@@ -86,3 +91,79 @@ def test_checksums_catch_one_flipped_bit():
     assert checkpoint_integrity.mismatches({**state, "params": {"w": flipped}}, meta) == [
         "params/w"
     ]
+
+
+def test_garbage_state_metadata_names_the_file(model_dir, tmp_path, capsys):
+    ckpt = model_dir / "checkpoints" / "10"
+    (ckpt / "state" / "_METADATA").write_bytes(b"\xff\xfe garbage")
+    expected = f"{ckpt / 'state' / '_METADATA'}: not the JSON object orbax writes there"
+    message = command_error(
+        "infer", model_dir, f"--checkpoint={ckpt}", f"--input_file={model_dir / 'config.gin'}",
+        f"--output_file={tmp_path / 'out.jsonl'}", capsys=capsys,
+    )  # fmt: skip
+    assert message.startswith(expected) and "Use another checkpoint" in message
+    message = train_error(model_dir, "--gin.TRAIN_STEPS=12", capsys=capsys)  # resume refused
+    assert message.startswith(expected) and "move this one out of checkpoints/" in message
+
+
+def test_checkpoint_vocabulary_not_sentencepiece(model_dir, tmp_path, capsys):
+    ckpt = model_dir / "checkpoints" / "10"
+    garbage = write(model_dir / "spiece.model", b"this is not a sentencepiece model\n")
+    metadata = ckpt / "meta" / "metadata"
+    meta = json.loads(metadata.read_text())
+    meta["vocabulary"] = {"kind": "sentencepiece", "path": str(garbage), "extra_ids": 0}
+    metadata.write_text(json.dumps(meta))
+    message = command_error(
+        "infer", model_dir, f"--checkpoint={ckpt}", f"--input_file={model_dir / 'config.gin'}",
+        f"--output_file={tmp_path / 'out.jsonl'}", capsys=capsys,
+    )  # fmt: skip
+    assert message.startswith(f"checkpoint {ckpt} (the vocabulary its meta/ records): ")
+    assert f"the vocabulary file {garbage} cannot be read as a SentencePiece model" in message
+    assert f"{metadata} records the vocabulary as {garbage}: put the SentencePiece" in message
+    assert "DecodeError" not in message and not (tmp_path / "out.jsonl").exists()
+
+
+def _tensorboard_rows(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard shows the event files: read in order,
+    a SessionLog START at step s (a resumed writer's purge_step) drops every earlier
+    event at step >= s."""
+    import tensorflow as tf
+
+    rows = collections.defaultdict(list)
+    for file in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(file)):
+            if event.HasField("session_log") and event.session_log.status == 1:  # START
+                for tag in rows:
+                    rows[tag] = [(s, v) for s, v in rows[tag] if s < event.step]
+            for value in event.summary.value:
+                rows[value.tag].append((event.step, value.simple_value))
+    return dict(rows)
+
+
+def test_old_checkpoint_resumes_unverified_and_tensorboard_drops_redone_rows(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    train_in_process(model_dir, *RUN)
+    ckpt_dir = model_dir / "checkpoints"
+    # As if killed before step 4's save, with step 2 written by a version without checksums.
+    shutil.rmtree(ckpt_dir / "4")
+    metadata = ckpt_dir / "2" / "meta" / "metadata"
+    meta = json.loads(metadata.read_text())
+    del meta[checkpoint_integrity.CHECKSUMS_KEY], meta[checkpoint_integrity.KIND_KEY]
+    metadata.write_text(json.dumps(meta))
+    tensorboard = model_dir / "tensorboard"
+    first_files = {p: p.read_bytes() for p in tensorboard.iterdir()}
+    assert [s for s, _ in _tensorboard_rows(tensorboard)["train/loss"]] == [1, 2, 3, 4]
+    capsys.readouterr()
+
+    summary = train_in_process(model_dir, *RUN)
+    out = capsys.readouterr().out
+    assert summary["step"] == 4
+    assert out.count("loaded unverified") == 1
+    assert f"checkpoint {ckpt_dir / '2'} records no checksums" in out
+    assert "removed 2 row(s) past step 2" in out
+    losses = {r["step"]: r["loss"] for r in read_metrics(model_dir)}
+    rows = _tensorboard_rows(tensorboard)
+    for tag in ("train/loss", "train/learning_rate"):
+        assert [s for s, _ in rows[tag]] == [1, 2, 3, 4], tag  # steps 3 and 4 once each
+    assert [v for _, v in rows["train/loss"]] == [np.float32(losses[s]) for s in (1, 2, 3, 4)]
+    assert {p: p.read_bytes() for p in first_files} == first_files  # earlier events untouched

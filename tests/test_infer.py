@@ -16,8 +16,8 @@ from testlib import command_error, write  # noqa: E402
 from t5pipe import cli  # noqa: E402
 
 
-def test_infer_text_file_matches_transformers(byte_checkpoint, tmp_path):
-    path, hf = byte_checkpoint
+def test_infer_text_file_matches_transformers(byte_checkpoint, tmp_path, capsys):
+    path, hf = byte_checkpoint  # written as an import is: no checksums
     input_file = tmp_path / "inputs.txt"
     input_file.write_text("\n".join(INPUTS) + "\n", encoding="utf-8")
     output_file = tmp_path / "out" / "predictions.jsonl"
@@ -33,6 +33,8 @@ def test_infer_text_file_matches_transformers(byte_checkpoint, tmp_path):
         "--gin.DecodingOptions.max_decode_length=10",
     ]
     assert cli.main(["infer", *argv]) == 0
+    err = capsys.readouterr().err
+    assert err.count("loaded unverified") == 1 and f"checkpoint {path} records no checksums" in err
     lines = [json.loads(line) for line in output_file.read_text(encoding="utf-8").splitlines()]
     assert [line["inputs"] for line in lines] == INPUTS
     assert [line["prediction"] for line in lines] == hf_greedy_texts(hf, INPUTS, 10)
