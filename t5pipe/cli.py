@@ -4,7 +4,9 @@ that turns errors into messages and exit codes.
 Each command module exposes `main(argv: list[str]) -> int` and parses its own flags;
 commands import lazily so `t5pipe --help` stays fast. Exit codes (t5pipe.errors):
 0 finished, 1 failure while running, 2 bad command line / configuration / data,
-65 stopped on a non-finite loss, 75 preempted (a checkpoint was saved; rerun).
+65 stopped on a non-finite loss, 75 preempted (a checkpoint was saved; rerun) or
+`train` interrupted by Ctrl-C before its loop (nothing saved), 130 other commands
+interrupted by Ctrl-C.
 Set T5PIPE_DEBUG=1 to get the traceback of any error; `--verbose` (anywhere on the
 command line) or T5PIPE_LOG_LEVEL=debug shows every library's log lines
 (`t5pipe.startup`).
@@ -19,6 +21,8 @@ import sys
 from t5pipe import startup
 from t5pipe.errors import (
     EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
     T5pipeError,
     UserInputError,
     clean_message,
@@ -53,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5pipe: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_INPUT
     startup.configure(verbose)
-    module = importlib.import_module(f"t5pipe.commands.{command}")
     try:
+        module = importlib.import_module(f"t5pipe.commands.{command}")
         return module.main(rest) or 0
+    except KeyboardInterrupt:
+        # Inside its loop `train` turns Ctrl-C into a save and Preempted; here it came
+        # before (start-up, restore, compile) or in another command.
+        if os.environ.get("T5PIPE_DEBUG"):
+            raise
+        print(f"t5pipe {command}: {_interrupted(command)}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED if command == "train" else EXIT_INTERRUPTED
     except T5pipeError as error:
         if os.environ.get("T5PIPE_DEBUG"):
             raise
@@ -74,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"t5pipe {command}: error: {line}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+
+
+def _interrupted(command: str) -> str:
+    if command == "train":
+        return (
+            "interrupted (Ctrl-C) outside the training loop (start-up, restore or compile): "
+            "no checkpoint was saved for it and nothing was deleted; rerun the same command "
+            f"to continue (exit code {EXIT_PREEMPTED})"
+        )
+    return f"interrupted (Ctrl-C) (exit code {EXIT_INTERRUPTED})"
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2  # argparse uses 2 for bad flags too
 EXIT_NONFINITE = 65
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 _GIN_TRAILER = re.compile(r"\s*In call to configurable '[^']*' \(.*?\)\s*$", re.DOTALL)
 

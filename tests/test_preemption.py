@@ -6,9 +6,11 @@ import sys
 import textwrap
 import time
 
+import pytest
+from testlib import tree_digest
 from train_testlib import read_metrics, run_train, subprocess_env, train_command
 
-from t5pipe import checkpoint_manager
+from t5pipe import checkpoint_manager, input_pipeline, train_state
 
 ARGS = (
     "--gin_file=runs/quickstart.gin",
@@ -148,6 +150,37 @@ def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
     ckpt_dir = checkpoint_manager.checkpoints_dir(model_dir)
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["2"]  # complete, no tmp folder left
     assert checkpoint_manager.is_complete(ckpt_dir / "2")
+
+
+@pytest.mark.parametrize(
+    "module, where",
+    [(input_pipeline, "check_first_examples"), (train_state, "start_state")],
+    ids=["start-up", "restore-or-compile"],
+)
+def test_ctrl_c_before_the_loop_is_one_line_exit_75(model_dir, module, where, monkeypatch, capsys):
+    # Ctrl-C while the run checks its data (before the lock), or while it restores or
+    # initialises (and compiles) the state (lock and checkpoint manager held).
+    import os as os_module
+
+    from t5pipe import cli
+
+    def ctrl_c(*args, **kwargs):
+        os_module.kill(os_module.getpid(), signal.SIGINT)
+        time.sleep(5)  # the KeyboardInterrupt arrives here
+
+    monkeypatch.setattr(module, where, ctrl_c)
+    before = tree_digest(model_dir)
+    code = cli.main(["train", *ARGS, f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEPS=12"])
+    err = capsys.readouterr().err
+    assert code == 75, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    lines = [line for line in err.splitlines() if line.startswith("t5pipe train: ")]
+    assert lines == [
+        "t5pipe train: interrupted (Ctrl-C) outside the training loop (start-up, restore or "
+        "compile): no checkpoint was saved for it and nothing was deleted; rerun the same "
+        "command to continue (exit code 75)"
+    ]
+    assert tree_digest(model_dir) == before  # nothing saved, deleted or left (the lock)
 
 
 def test_disk_full_during_a_save_is_one_message_exit_1(tmp_path, monkeypatch, capsys):
