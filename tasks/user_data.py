@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -52,7 +53,7 @@ from t5pipe.tasks.span_corruption import (
     NOISE_DENSITY,
     span_corruption_preprocessors,
 )
-from t5pipe.text_files import read_utf8
+from t5pipe.text_files import check_errors, check_utf8, read_utf8
 
 
 class UserDataError(UserInputError, ValueError):
@@ -180,6 +181,7 @@ def _rows_source(name, split_files, file_format, columns, template_set):
     return examples_source(read, list(split_files), name, _describe(split_files))
 
 
+@gin.configurable(allowlist=["errors"])
 def text_pretraining_task(
     name: str,
     files: Files,
@@ -188,6 +190,7 @@ def text_pretraining_task(
     mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
     vocabulary: seqio.Vocabulary | None = None,
     overwrite: bool = False,
+    errors: str = "strict",
 ) -> seqio.Task:
     """Registers a span-corruption pretraining task over UTF-8 plain-text files.
 
@@ -195,15 +198,20 @@ def text_pretraining_task(
       larger than memory work), "paragraph" (blocks separated by blank lines) or "file".
       Documents are concatenated and cut into segments so that inputs fill the
       requested length (see span_corruption.py).
+    errors: "strict" (bytes that are not UTF-8 are an error naming file:line:column;
+      streamed files are checked when the dataset is built) or "replace" (they become
+      U+FFFD; gin: `text_pretraining_task.errors = 'replace'`, read when the task is
+      registered).
     """
     if document not in ("line", "paragraph", "file"):
         raise UserDataError(f"{name}: document={document!r}; use 'line', 'paragraph' or 'file'")
+    check_errors(errors, f"task {name}")
     split_files = _split_files(files, name)
 
     def read(split: str) -> list[dict[str, str]]:
         documents = []
         for path in _expand(split_files[split], name, split):
-            text = _read_text(path)
+            text = _read_text(path, errors)
             pieces = [text] if document == "file" else re.split(r"\n\s*\n", text)
             documents += [{"text": " ".join(p.split())} for p in pieces if p.strip()]
         return documents
@@ -212,7 +220,13 @@ def text_pretraining_task(
         paths = _expand(split_files[split], name, split)
         if shuffle_files:
             random.Random(seed).shuffle(paths)
-        lines = tf.data.TextLineDataset(paths).map(tf.strings.strip)
+        lines = tf.data.TextLineDataset(paths)
+        if errors == "replace":
+            lines = lines.map(_replace_non_utf8)
+        else:
+            for path in paths:
+                _check_streamed_file(path)
+        lines = lines.map(tf.strings.strip)
         return lines.filter(lambda line: tf.strings.length(line) > 0).map(lambda t: {"text": t})
 
     if document == "line":
@@ -233,6 +247,7 @@ def text_pretraining_task(
     )
 
 
+@gin.configurable(allowlist=["errors"])
 def ul2_pretraining_task(
     name: str,
     files: Files,
@@ -241,17 +256,18 @@ def ul2_pretraining_task(
     mode_tokens: bool = True,
     vocabulary: seqio.Vocabulary | None = None,
     overwrite: bool = False,
+    errors: str = "strict",
 ) -> seqio.Task:
     """Registers a UL2 pretraining task (mixture of denoisers) over UTF-8 text files.
 
-    files / document: as `text_pretraining_task`. denoisers: `ul2.Denoiser`s with their
+    files / document / errors: as `text_pretraining_task`. denoisers: `ul2.Denoiser`s with their
     rates (default the paper's seven: see ul2.py); mode_tokens: start the inputs with
     [NLU] / [NLG] / [S2S]. The vocabulary needs sentinel ids (T5's has 100).
     """
     denoisers = ul2.check_denoisers(denoisers, where=name)
     # The same source as a span-corruption text task; only the objective differs.
     text_task = text_pretraining_task(
-        name, files, document, vocabulary=vocabulary, overwrite=overwrite
+        name, files, document, vocabulary=vocabulary, overwrite=overwrite, errors=errors
     )
     seqio.TaskRegistry.remove(name)
     vocabulary = text_task.output_features["targets"].vocabulary
@@ -326,11 +342,42 @@ def _expand(patterns: list[str], name: str, split: str) -> list[str]:
     return paths
 
 
-def _read_text(path: str) -> str:
+_REPLACE_HINT = (
+    ", or read it with errors='replace' (bytes that are not UTF-8 become U+FFFD): "
+    "text_pretraining_task(..., errors='replace'), or in gin "
+    "text_pretraining_task.errors = 'replace'"
+)
+
+
+def _read_text(path: str, errors: str | None = None) -> str:
+    """errors: None for TSV/JSONL (strict, no other way offered), else the task's."""
     try:
-        return read_utf8(path)
+        return read_utf8(path, errors or "strict", _REPLACE_HINT if errors else "")
     except UserInputError as error:
         raise UserDataError(error.message) from None
+
+
+# (path, size, mtime) of streamed files found to be UTF-8: a run builds a dataset per
+# input shard, and each build would otherwise read the corpus again.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _check_streamed_file(path: str) -> None:
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    try:
+        check_utf8(path, _REPLACE_HINT)
+    except UserInputError as error:
+        raise UserDataError(error.message) from None
+    _CHECKED.add(key)
+
+
+def _replace_non_utf8(line: tf.Tensor) -> tf.Tensor:
+    return tf.strings.unicode_transcode(
+        line, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+    )
 
 
 def _read_rows(path: str, file_format: str | None, columns: Sequence[str] | None):

@@ -173,3 +173,53 @@ def test_over_long_examples_are_truncated_and_counted(tmp_path, caplog):
     assert len(batches) == len(questions)
     longest = batches[1]["encoder_input_tokens"]
     assert longest.shape == (lengths["inputs"],) and longest[-1] == 1  # EOS
+
+
+def test_non_utf8_text_corpus_is_an_error_naming_the_byte(model_dir, tmp_path, capsys):
+    text = "a first line\nand a second\ncaf\u00e9 au lait\n"
+    corpus = write(tmp_path / "corpus.txt", text.encode("latin-1"))
+    user_data.text_pretraining_task(  # document="line": streamed, checked when built
+        "bad_input_latin1_corpus", {"train": str(corpus)}, vocabulary=byt5_vocabulary(),
+        overwrite=True,
+    )  # fmt: skip
+    message = train_error(
+        model_dir, "--gin.MIXTURE_OR_TASK_NAME=bad_input_latin1_corpus", capsys=capsys
+    )
+    offset = corpus.read_bytes().index(b"\xe9")
+    assert f"{corpus}:3:4: not UTF-8 text: byte offset {offset} holds b'\\xe9'" in message
+    assert "text_pretraining_task.errors = 'replace'" in message
+    for document in ("paragraph", "file"):  # read whole: the same error
+        task = user_data.text_pretraining_task(
+            "bad_input_latin1_corpus", {"train": str(corpus)}, document=document,
+            vocabulary=byt5_vocabulary(), overwrite=True,
+        )  # fmt: skip
+        with pytest.raises(UserInputError, match=f"{corpus}:3:4: not UTF-8 text"):
+            list(task.source.get_dataset("train").as_numpy_iterator())
+
+
+def test_non_utf8_text_corpus_with_errors_replace(tmp_path, caplog):
+    import gin
+
+    # Two latin-1 bytes (0xE9), and a U+FFFD and an "à" that are UTF-8.
+    corpus = write(tmp_path / "corpus.txt", b"caf\xe9 au lait\n\nd\xe9j\xc3\xa0 \xef\xbf\xbd vu\n")
+    # One binding in gin (read when the task is registered), or the argument itself.
+    gin.parse_config("text_pretraining_task.errors = 'replace'")
+    streamed = user_data.text_pretraining_task(
+        "latin1_corpus", {"train": str(corpus)}, vocabulary=byt5_vocabulary(), overwrite=True
+    )
+    gin.clear_config()
+    with caplog.at_level(logging.WARNING, logger="t5pipe.text_files"):
+        whole = user_data.ul2_pretraining_task(
+            "latin1_corpus_ul2", {"train": str(corpus)}, document="paragraph",
+            vocabulary=byt5_vocabulary(), overwrite=True, errors="replace",
+        )  # fmt: skip
+        texts = {
+            name: [e["text"].decode() for e in task.source.get_dataset("train").as_numpy_iterator()]
+            for name, task in (("line", streamed), ("paragraph", whole))
+        }
+    expected = ["caf\ufffd au lait", "d\ufffdj\u00e0 \ufffd vu"]  # the file's own U+FFFD kept
+    assert texts == {"line": expected, "paragraph": expected}
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"{corpus}: 2 byte sequence(s) that are not UTF-8 read as U+FFFD"]
+    with pytest.raises(UserInputError, match="errors='ignore'; expected one of"):
+        user_data.text_pretraining_task("latin1_corpus", str(corpus), errors="ignore")
