@@ -92,12 +92,22 @@ def load(
     rules: str = "standard",
     batch_size: int = 32,
     max_input_length: int = 512,
+    gin_file: str | Sequence[str] = (),
 ) -> LoadedModel:
-    """Loads a self-describing checkpoint (t5pipe's, or one `t5pipe convert` imported from HF)
-    onto all local devices (batch split over them by default)."""
+    """Loads a checkpoint onto all local devices (batch split over them by default).
+
+    `checkpoint_path`: a self-describing t5pipe checkpoint (trained, or imported with
+    `t5pipe convert`), a MODEL_DIR (its latest), or a t5x checkpoint, whose model and
+    vocabulary come from `gin_file` (model gin files, e.g. t5x's t5_1_1/base.gin) or
+    else from the t5x run's config.gin beside it.
+    """
+    from t5pipe import checkpoint_paths
+
+    files = (gin_file,) if isinstance(gin_file, str) else tuple(gin_file)
+    checkpoint = checkpoint_paths.locate(checkpoint_path, "checkpoint_path", gin_files=files)
     mesh = partitioning.create_mesh(mesh_shape)
     axis_rules = partitioning.logical_axis_rules(rules)
-    params, config, vocabulary = load_for_inference(Path(checkpoint_path), mesh, axis_rules)
+    params, config, vocabulary = load_for_inference(checkpoint, mesh, axis_rules)
     # Batches split evenly over the devices.
     batch_size = partitioning.round_up(
         batch_size, partitioning.data_parallel_size(mesh, axis_rules)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,13 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def require_checkpoint(path: str | Path, role: str = "checkpoint") -> epath.Path:
-    """`path` as an epath, or an error saying that it is not a t5pipe checkpoint."""
+    """`path` as an epath, or an error saying that it is not a t5pipe checkpoint and what
+    it is (`t5pipe.checkpoint_paths.locate` also loads MODEL_DIRs and t5x checkpoints)."""
     resolved = resolve_path(path)
     if not is_checkpoint(resolved):
-        raise UserInputError(
-            f"{role}: {path} is not a t5pipe checkpoint (expected {STATE_ITEM}/ and "
-            f"{META_ITEM}/ inside); import a Hugging Face model with "
-            "`t5pipe convert --from_hf DIR --out CKPT`"
-        )
+        from t5pipe import checkpoint_paths  # says what is there instead
+
+        raise UserInputError(checkpoint_paths.why_not(path, role))
     return resolved
 
 
@@ -261,6 +261,25 @@ def check_fits(
         raise UserInputError(
             f"{role}: cannot read the parameter shapes of {path} ({first_line(error)})"
         ) from None
+    return fit_of(
+        stored, abstract_params, role, f"the checkpoint {path}",
+        lambda: _config_differences(path, config),
+        allow_missing=allow_missing, allow_unexpected=allow_unexpected,
+    )  # fmt: skip
+
+
+def fit_of(
+    stored: dict[str, tuple[int, ...]],
+    abstract_params: Any,
+    role: str,
+    what: str,
+    hint: Callable[[], str] = str,
+    *,
+    allow_missing: bool = False,
+    allow_unexpected: bool = False,
+) -> Fit:
+    """`check_fits` for a checkpoint's {param name: shape} (`what` names it; `hint()`,
+    asked only when they differ, adds a sentence about its config)."""
     wanted = pytrees.shapes(abstract_params)
     problems = shape_differences(
         wanted, stored, allow_missing=allow_missing, allow_unexpected=allow_unexpected
@@ -275,8 +294,8 @@ def check_fits(
             else ""
         )
         raise UserInputError(
-            f"{role}: the checkpoint {path} does not fit the model config "
-            f"({len(problems)} parameter(s) differ).{_config_differences(path, config)} "
+            f"{role}: {what} does not fit the model config "
+            f"({len(problems)} parameter(s) differ).{hint()} "
             "Use the model gin file the checkpoint was trained with, or set "
             "train.allow_partial_initial_checkpoint = True to initialise missing ones "
             "randomly. The differences: " + "; ".join(problems) + "." + also
@@ -305,9 +324,17 @@ def _config_differences(path: str | Path, config: T5Config) -> str:
 def load_initial_params(path: str | Path, abstract_params: Any, init_params: Any, fit: Fit) -> Any:
     """The checkpoint's parameters, cast and placed like `abstract_params`; those the
     checkpoint lacks (`fit.missing`, allowed by `check_fits`) keep their `init_params`."""
+    return merge_initial_params(
+        lambda target: load_params(path, target), abstract_params, init_params, fit
+    )
+
+
+def merge_initial_params(load, abstract_params: Any, init_params: Any, fit: Fit) -> Any:
+    """`load(target)` (the stored parameters `target` names, placed like it) with the
+    parameters the checkpoint lacks (`fit.missing`) taken from `init_params`."""
     wanted = pytrees.flatten(abstract_params)
     target = pytrees.unflatten({n: leaf for n, leaf in wanted.items() if n not in fit.missing})
-    restored = pytrees.flatten(load_params(path, target))
+    restored = pytrees.flatten(load(target))
     initial = pytrees.flatten(init_params)
     merged = [restored[name] if name in restored else initial[name] for name in wanted]
     return jax.tree.unflatten(jax.tree.structure(abstract_params), merged)

@@ -27,8 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_manager, input_pipeline, partitioning, vocabularies
-from t5pipe.checkpoint_format import require_checkpoint
+from t5pipe import checkpoint_manager, checkpoint_paths, input_pipeline, partitioning, vocabularies
 from t5pipe.decoding import DecodingOptions
 from t5pipe.errors import UserInputError
 from t5pipe.eval_outputs import check_output_dir, to_python, write_results
@@ -295,11 +294,12 @@ def run_evaluation(
 
 def checkpoints_to_evaluate(
     checkpoint_path: str | None, model_dir: str | None, all_checkpoints: bool
-) -> list[tuple[int, Path]]:
-    """(step, path) pairs: one checkpoint, or MODEL_DIR/checkpoints/<step> (all or latest)."""
+) -> list[tuple[int, Any]]:
+    """(step, checkpoint) pairs: the one `--checkpoint` names (`checkpoint_paths.locate`:
+    t5pipe or t5x, a MODEL_DIR's latest), or MODEL_DIR/checkpoints/<step> (all or latest)."""
     if checkpoint_path:
-        path = require_checkpoint(checkpoint_path, "--checkpoint")
-        return [(int(path.name) if path.name.isdigit() else 0, path)]
+        checkpoint = checkpoint_paths.locate(checkpoint_path, "--checkpoint")
+        return [(checkpoint.step or 0, checkpoint)]
     if not model_dir:
         raise UserInputError("t5pipe eval needs --checkpoint CKPT or --model_dir MODEL_DIR")
     found = checkpoint_manager.complete_checkpoints(model_dir)

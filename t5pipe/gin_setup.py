@@ -39,6 +39,7 @@ from typing import Any
 import gin
 from gin import config_parser
 
+from t5pipe import gin_state
 from t5pipe.errors import UserInputError, nearest
 from t5pipe.gin_dialect import Dialect, DialectDelegate
 from t5pipe.gin_names import GIN_NAME_CHANGES, suggestion
@@ -177,6 +178,7 @@ def parse(
     if MODULE_MACRO in parser.report.defined:
         parser.report.used.setdefault(MODULE_MACRO, "the command, which imports it")
     check_macros(parser.report, exempt=set(DEFAULT_MACROS), warn_unused=warn_unused)
+    gin_state.record(parser.report.defined)
     if warn_unused and parser.report.dialect.without_effect():
         log.warning("t5x settings without effect in t5pipe (--dry_run lists why): %s",
                     ", ".join(parser.report.dialect.without_effect()))  # fmt: skip

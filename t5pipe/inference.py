@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_format, checkpoint_integrity, partitioning, vocabularies
+from t5pipe import checkpoint_integrity, checkpoint_paths, partitioning, vocabularies
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params
@@ -37,23 +37,31 @@ from t5pipe.model_config import T5Config
 from t5pipe.scoring import bucket_length, encode_texts, pad_batch
 
 
-def load_for_inference(path: str | Path, mesh, rules) -> tuple[Any, T5Config, seqio.Vocabulary]:
-    """(params placed on `mesh`, config, vocabulary) from a self-describing checkpoint.
+def load_for_inference(
+    path: str | Path | checkpoint_paths.Checkpoint, mesh, rules
+) -> tuple[Any, T5Config, seqio.Vocabulary]:
+    """(params placed on `mesh`, config, vocabulary) from a checkpoint: any path
+    `checkpoint_paths.locate` takes (a t5pipe or t5x checkpoint, a MODEL_DIR).
 
-    Training-only settings (dropout, remat) are switched off. The parameters are checked
-    against the checkpoint's checksums (`CorruptCheckpoint`, exit 2, names the array).
+    Training-only settings (dropout, remat) are switched off. A t5pipe checkpoint's
+    parameters are checked against its checksums (`CorruptCheckpoint`, exit 2, names the
+    array).
     """
-    config = checkpoint_format.load_model_config(path)
+    checkpoint = checkpoint_paths.locate(path, "--checkpoint")
+    config, vocabulary = checkpoint.model_and_vocabulary()
     config = config.replace(dropout_rate=0.0, remat_policy="none")
     shapes, specs = abstract_params(config)
     target = partitioning.sharded_abstract(shapes, specs, mesh, rules)
     try:
-        params = checkpoint_format.load_params(path, target)
+        params = checkpoint.load_params(target, config)
+    except UserInputError:
+        raise
     except Exception as error:  # noqa: BLE001 - TensorStore/orbax: the files are damaged
-        raise checkpoint_integrity.unreadable(path, error) from None
-    meta = checkpoint_format.read_meta(path) if checkpoint_format.is_checkpoint(path) else {}
-    checkpoint_integrity.verify({"params": params}, meta, path)  # refuses a corrupt one
-    return params, config, checkpoint_format.load_vocabulary(path)
+        raise checkpoint_integrity.unreadable(checkpoint.path, error) from None
+    meta = checkpoint.meta()
+    if meta is not None:  # t5x checkpoints have no checksums (`locate` said so)
+        checkpoint_integrity.verify({"params": params}, meta, checkpoint.path)
+    return params, config, vocabulary
 
 
 def global_batch(array: np.ndarray, mesh, rules) -> jax.Array:
@@ -217,10 +225,10 @@ def infer(
     import_task_modules(mixture_or_task_module, "MIXTURE_OR_TASK_MODULE")
     if mixture_or_task_name and input_file:
         raise UserInputError("t5pipe infer: give --input_file or --task, not both")
-    checkpoint = checkpoint_format.require_checkpoint(checkpoint_path, "--checkpoint")
+    checkpoint = checkpoint_paths.locate(checkpoint_path, "--checkpoint")
     _check_not_same(input_file, output_file)
     if mixture_or_task_name:
-        with vocabularies.checkpoint_default(checkpoint_format.load_vocabulary(checkpoint)):
+        with vocabularies.checkpoint_default(checkpoint.model_and_vocabulary()[1]):
             records = list(_task_inputs(mixture_or_task_name, split, max_examples))
     elif input_file in (None, "-"):
         records = _text_inputs(None)  # stdin streams

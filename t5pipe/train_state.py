@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from t5pipe import checkpoint_format, checkpoint_manager, lora, partitioning, peft, pytrees
+from t5pipe import (
+    checkpoint_format,
+    checkpoint_manager,
+    checkpoint_paths,
+    lora,
+    partitioning,
+    peft,
+    pytrees,
+)
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import UserInputError
 from t5pipe.model import abstract_params, init_params
@@ -83,6 +91,7 @@ class Start:
     fit: checkpoint_format.Fit | None = None
     step: int = 0
     run_start: int = 0
+    source: checkpoint_paths.Checkpoint | None = None  # 'initial': what `path` holds
 
     def data_position(self, step: int) -> int:
         """Batches of the run's data already trained on when the state is at `step`."""
@@ -132,9 +141,8 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
         return Start("resume", Path(latest), fit, int(Path(latest).name), run_start)
     if initial:
         role = f"INITIAL_CHECKPOINT_PATH={initial}"
-        fit = checkpoint_format.check_fits(
-            initial, shapes, config, role, allow_missing=True, allow_unexpected=True
-        )
+        source = checkpoint_paths.locate(initial, role)  # t5pipe or t5x, a MODEL_DIR's latest
+        fit = source.check_fits(shapes, config, role, allow_missing=True, allow_unexpected=True)
         partial = checkpoint.allow_partial_initial_checkpoint
         if not partial and not all(_starts_fresh(name) for name in fit.missing):
             # Raises, listing every difference (the run's own new parameters left out).
@@ -142,9 +150,9 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
             kept = pytrees.unflatten(
                 {n: v for n, v in pytrees.flatten(shapes).items() if n not in own}
             )
-            checkpoint_format.check_fits(initial, kept, config, role, allow_unexpected=True)
-        step = checkpoint_format.stored_step(initial) or 0
-        return Start("initial", Path(initial), fit, step, step)
+            source.check_fits(kept, config, role, allow_unexpected=True)
+        step = source.stored_step() or 0
+        return Start("initial", source.path, fit, step, step, source)
     return Start("fresh")
 
 
@@ -199,8 +207,8 @@ def start_state(
             names = getattr(start.fit, kind)
             if names:
                 say(f"initial checkpoint: {len(names)} {kind} parameter(s): " + ", ".join(names))
-        params = checkpoint_format.load_initial_params(
-            start.path, layout.abstract["params"], state["params"], start.fit
+        params = start.source.load_initial_params(
+            layout.abstract["params"], state["params"], start.fit, config
         )
         opt_init = jax.jit(
             lambda p: schedules_at(optimizer.init(p), start.step),

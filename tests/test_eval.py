@@ -236,7 +236,7 @@ def test_errors_name_what_is_wrong(checkpoint, tmp_path, capsys):
     assert "did you mean: glue_rte_v002" in capsys.readouterr().err
     argv = ["--checkpoint", str(tmp_path / "missing"), "--task", "glue_rte_v002"]
     assert run_eval(argv) == 2
-    assert "is not a t5pipe checkpoint" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 def test_decoded_inputs_are_cut_by_seqio_keeping_eos(checkpoint, tmp_path, monkeypatch):

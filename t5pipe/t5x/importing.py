@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_format, gin_setup
+from t5pipe import checkpoint_format, gin_setup, gin_state
 from t5pipe.errors import UserInputError
 from t5pipe.model_config import T5Config
 from t5pipe.t5x import convert
@@ -38,21 +38,25 @@ def run_config_file(checkpoint: T5xCheckpoint) -> Path | None:
 
 
 def model_from_gin(files: list[str]) -> tuple[T5Config, seqio.Vocabulary | None]:
-    """(MODEL, VOCABULARY or None) as the gin files define them. Leaves gin cleared."""
+    """(MODEL, VOCABULARY or None) as the gin files define them; the live gin config
+    (a command's own) is as it was afterwards."""
+    with gin_state.isolated():
+        gin_setup.parse(files, warn_unused=False)
+        return live_model_and_vocabulary()
+
+
+def live_model_and_vocabulary() -> tuple[T5Config, seqio.Vocabulary | None]:
+    """(MODEL, VOCABULARY or None) of the live gin config."""
     import gin
 
-    gin_setup.parse(files, warn_unused=False)
+    config = gin.query_parameter("MODEL/gin.macro.value").scoped_configurable_fn()
     try:
-        config = gin.query_parameter("MODEL/gin.macro.value").scoped_configurable_fn()
-        try:
-            vocabulary = gin.query_parameter("VOCABULARY/gin.macro.value")
-        except ValueError:
-            return config, None
-        if isinstance(vocabulary, gin.config.ConfigurableReference):
-            vocabulary = vocabulary.scoped_configurable_fn()
-        return config, vocabulary
-    finally:
-        gin.clear_config()
+        vocabulary = gin.query_parameter("VOCABULARY/gin.macro.value")
+    except ValueError:
+        return config, None
+    if isinstance(vocabulary, gin.config.ConfigurableReference):
+        vocabulary = vocabulary.scoped_configurable_fn()
+    return config, vocabulary
 
 
 def _vocabulary(vocab: str | None, from_gin: seqio.Vocabulary | None, source: str):
