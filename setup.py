@@ -48,6 +48,7 @@ setup(
         # `torch==2.13.0` (CPU build).
         "test": [
             "pytest>=9.2,<10",
+            "pytest-xdist>=3.8,<3.9",
             "ruff>=0.17,<0.18",
             "transformers>=5.23,<5.24",
             "peft>=0.21.2,<0.22",

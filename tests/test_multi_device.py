@@ -1,23 +1,15 @@
-"""Runs tests/multi_device/ in a process with 8 simulated CPU devices (XLA_FLAGS must be
-set before JAX starts, so those tests cannot share this process's single device)."""
+"""tests/multi_device/ (mesh layouts, two processes) on 8 simulated CPU devices, in a
+process of their own; the scale-out half runs from test_multi_device_scale_out.py."""
 
-import os
-import subprocess
-import sys
-
-from testlib import REPO_ROOT
+from testlib import MULTI_DEVICE_GROUPS, REPO_ROOT, run_on_8_devices
 
 
-def test_multi_device_tests_pass_on_8_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/multi_device"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    print(result.stdout[-5000:])
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout
+def test_every_multi_device_file_is_in_exactly_one_group():
+    grouped = [name for names in MULTI_DEVICE_GROUPS.values() for name in names]
+    on_disk = sorted(p.name for p in (REPO_ROOT / "tests" / "multi_device").glob("test_*.py"))
+    assert sorted(grouped) == on_disk
+    assert len(grouped) == len(set(grouped))
+
+
+def test_process_and_partitioning_tests_pass_on_8_devices():
+    run_on_8_devices("processes")

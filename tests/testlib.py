@@ -162,3 +162,37 @@ def without_write_permission(folder: Path):
             yield
         finally:
             folder.chmod(mode)
+
+
+# tests/multi_device/ split into two runs, one per test file, so that pytest-xdist can put
+# them on different workers (each run is a process with 8 simulated devices).
+MULTI_DEVICE_GROUPS = {
+    "processes": (
+        "test_multiprocess.py", "test_partitioning.py", "test_batch_layout.py",
+        "test_decoding_mesh.py",
+    ),
+    "scale_out": ("test_scale_out.py", "test_family_scale_out.py", "test_lora_mesh.py"),
+}  # fmt: skip
+
+
+def run_on_8_devices(group: str) -> str:
+    """Runs one group of tests/multi_device/ in a process with 8 simulated CPU devices
+    (XLA_FLAGS must be set before JAX starts, so those tests cannot share this process's
+    single device); returns pytest's output, after asserting that every test passed."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    files = [f"tests/multi_device/{name}" for name in MULTI_DEVICE_GROUPS[group]]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    print(result.stdout[-5000:])
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+    return result.stdout
