@@ -41,6 +41,7 @@ from t5pipe.inference import (
 )
 from t5pipe.model import T5
 from t5pipe.model_config import T5Config
+from t5pipe.progress import progress
 from t5pipe.scoring import make_score_fn, pad_batch, rank_classification
 from t5pipe.train_step import eval_step
 
@@ -195,9 +196,7 @@ def _jitted_eval_step(config: T5Config):
 def _progress(iterable, total: int, description: str):
     if jax.process_index() != 0:
         return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=description, unit="batch", file=sys.stderr)
+    return progress(iterable, total, description, stream=sys.stderr)
 
 
 def _metric_value(value: Any) -> Any:

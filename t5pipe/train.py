@@ -86,8 +86,9 @@ def train(
     `vocabulary`: what checkpoints record (default: the task's targets vocabulary);
     `seed` (RANDOM_SEED): parameter init and dropout; `stats_period` (STATS_PERIOD).
     Returns {"step", "eval" (last eval metrics), "stopped", "train_step_compilations",
-    "checkpoint", "state"}; with `dry_run`, only checks (the data's first examples read
-    too) and returns {"start": how the run would start, "step": None}, writing nothing.
+    "checkpoint", "tokens_per_second", "state"}; with `dry_run`, only checks (the data's
+    first examples read too) and returns {"start": how the run would start, "step": None},
+    writing nothing.
     `lora_config` (e.g. `train.lora_config = @LoraConfig()`): LoRA adapters on the
     kernels it selects; only they train (no optimizer state for the frozen base), they
     are saved inside each checkpoint and alone in MODEL_DIR/adapter at the end.
@@ -148,6 +149,7 @@ def train(
         "stopped": loop.stopped,
         "train_step_compilations": step_fn._cache_size(),
         "checkpoint": str(checkpoint_manager.checkpoints_dir(model_dir) / str(loop.step)),
+        "tokens_per_second": loop.tokens_per_second,
         "state": loop.state,
     }
 
@@ -281,6 +283,7 @@ class _Loop:
         self.checkpoint_period, self.lora_config = checkpoint_period, lora_config
         self.step = self.start_step = int(jax.device_get(state["step"]))
         self.last_eval: dict[str, float] = {}
+        self.tokens_per_second = float("nan")  # over the whole run, compilation excluded
         self.stopped: str | None = None
         self._pending: tuple[int, dict[str, Any]] | None = None
         self._saving: int | None = None  # the step of the save last started
@@ -333,6 +336,7 @@ class _Loop:
                     break
             self._check_nonfinite()
             self._wait()
+            self.tokens_per_second = throughput.overall(self.step)
         finally:
             sigterm.restore()
 
@@ -447,4 +451,9 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
         values = np.asarray([m[name] for m in fetched], np.float64)
         out[name] = values[-1] if name in ("skipped_steps", "learning_rate") else values.mean()
     out["loss"] = float(np.float32(out["loss"]))  # one step: its float32 loss, exactly
+    # Over the logged steps, per token: each step's mean weighted by its token count.
+    tokens = np.asarray([m["num_target_tokens"] for m in fetched], np.float64)
+    per_token = np.asarray([m["loss_per_token"] for m in fetched], np.float64)
+    del out["loss_per_token"]
+    out[train_logging.LOSS_PER_TOKEN] = float(np.sum(per_token * tokens) / max(np.sum(tokens), 1.0))
     return {k: float(v) for k, v in out.items()}

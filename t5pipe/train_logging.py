@@ -31,6 +31,8 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.gin"
 MODEL_INFO_FILE = "model-info.txt"
 TENSORBOARD_SUBDIR = "tensorboard"
+# The per-token mean loss, logged beside t5x's summed `loss` (metrics.jsonl, TensorBoard).
+LOSS_PER_TOKEN = "loss/token"
 
 
 def is_primary() -> bool:
@@ -79,9 +81,18 @@ class Throughput:
         self.peak = peak or flops.peak_flops_per_device()
         self._time: float | None = None
         self._step = 0
+        self._first: tuple[float, int] | None = None
 
     def start(self, step: int) -> None:
         self._time, self._step = time.time(), step
+        self._first = (self._time, step)
+
+    def overall(self, step: int) -> float:
+        """Tokens/s from `start` to `step` (nan when no step was timed)."""
+        if self._first is None or step <= self._first[1]:
+            return float("nan")
+        first_time, first_step = self._first
+        return (step - first_step) * self.tokens_per_step / max(time.time() - first_time, 1e-9)
 
     def measure(self, step: int) -> dict[str, float | None]:
         now = time.time()
@@ -210,6 +221,7 @@ class MetricsLog:
         remaining = (self.total_steps - step) / steps_per_second if steps_per_second else math.inf
         print(
             f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  "
+            f"loss/token {metrics[LOSS_PER_TOKEN]:.4f}  "
             f"acc {metrics['accuracy']:.3f}  lr {metrics['learning_rate']:.3g}  "
             f"{metrics['tokens_per_second']:.0f} tok/s  {steps_per_second:.2f} steps/s  "
             f"elapsed {format_duration(time.time() - self.started)}  "

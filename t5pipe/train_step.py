@@ -221,6 +221,9 @@ def train_step(
     }
     metrics = {
         "loss": loss,
+        # t5x's `loss` is summed over target tokens (unless LOSS_NORMALIZING_FACTOR
+        # divides it); the per-token mean reads the same whatever the batch holds.
+        "loss_per_token": loss * factor / jnp.maximum(num_tokens, 1.0),
         "z_loss": z_total,
         "accuracy": correct / jnp.maximum(num_tokens, 1.0),
         "num_target_tokens": num_tokens,

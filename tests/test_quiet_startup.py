@@ -89,15 +89,20 @@ warnings.warn("my_warning_tasks: a warning of the user's own")
 
 
 def _run(args, cwd):
-    result = subprocess.run(
+    """The command through pipes (not a terminal), as a log file gets it."""
+    raw = subprocess.run(
         [sys.executable, "-m", "t5pipe.cli", *args],
         cwd=cwd,
         env=subprocess_env(),
         capture_output=True,
-        text=True,
         timeout=600,
     )
+    # Bytes, not text=True: universal newlines would turn a carriage return into "\n".
+    result = subprocess.CompletedProcess(
+        raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr, f"{args[0]} printed a carriage return"
     found = LIBRARY_LINE.findall(result.stderr)
     assert not found, f"{args[0]} printed library lines:\n{result.stderr[-3000:]}"
     return result
@@ -106,7 +111,7 @@ def _run(args, cwd):
 def test_every_command_prints_no_library_lines(tmp_path):
     """train (5 steps), eval, infer, convert, tasks list: as a user runs them."""
     model_dir = tmp_path / "run"
-    _run(
+    train = _run(
         [
             "train",
             "--gin_file=runs/quickstart.gin",
@@ -117,12 +122,19 @@ def test_every_command_prints_no_library_lines(tmp_path):
         ],
         tmp_path,
     )
+    _check_train_log(train.stdout, model_dir)
     checkpoint = model_dir / "checkpoints" / "5"
-    _run(
+    evaluated = _run(
         ["eval", "--checkpoint", str(checkpoint), "--task", "builtin_reverse_v001"]
         + ["--max_examples", "4", "--output_dir", str(tmp_path / "eval")],
         tmp_path,
     )
+    # Not a terminal: plain progress lines (rate, ETA), the last at 100%.
+    assert re.search(
+        r"^decoding builtin_reverse_v001: 100% \(1/1 batch\), [\d.]+ batch/s, ETA 0m00s$",
+        evaluated.stderr,
+        re.MULTILINE,
+    ), evaluated.stderr
     (tmp_path / "inputs.txt").write_text("reverse: abc\n")
     _run(["infer", "--checkpoint", str(checkpoint), "--input_file", "inputs.txt"], tmp_path)
     _run(["convert", "--to_hf", "--checkpoint", str(checkpoint), "--out", "hf"], tmp_path)
@@ -130,3 +142,26 @@ def test_every_command_prints_no_library_lines(tmp_path):
     listing = _run(["tasks", "list", "--module", "my_warning_tasks"], tmp_path)
     assert "builtin_reverse_v001" in listing.stdout
     assert "UserWarning: my_warning_tasks: a warning of the user's own" in listing.stderr
+
+
+def _check_train_log(stdout: str, model_dir) -> None:
+    """The per-token loss beside t5x's summed loss, in metrics.jsonl and the progress line;
+    the final summary line with wall time, tokens/s and the best checkpoint."""
+    import json
+
+    rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in rows if "split" not in row]
+    assert [row["step"] for row in train_rows] == [1, 2, 3, 4, 5]
+    for row in train_rows:
+        expected = row["loss"] / row["num_target_tokens"]
+        assert np.isclose(row["loss/token"], expected, rtol=1e-6), row
+        assert row["loss/token"] < row["loss"]  # a sum over several tokens
+    line = re.search(r"^step 5/5  loss ([\d.]+)  loss/token ([\d.]+)  ", stdout, re.MULTILINE)
+    assert line, stdout
+    assert float(line.group(2)) == round(train_rows[-1]["loss/token"], 4)
+    last = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"summary: step 5 in \dm\d\ds wall, \d+ tokens/s; best: none \(no evaluation metric "
+        r"to rank checkpoints by\)",
+        last,
+    ), last

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import time
 from typing import Any
 
 from t5pipe import distributed, gin_setup
@@ -58,8 +60,9 @@ def main(argv: list[str]) -> int:
         return 0
     from t5pipe.train import train
 
+    started = time.monotonic()
     summary = gin_setup.call(train, "train")
-    _print_final(summary)
+    _print_final(summary, time.monotonic() - started)
     return 0
 
 
@@ -69,8 +72,10 @@ def _quiet_libraries() -> None:
     logging.getLogger("seqio").setLevel(logging.WARNING)
 
 
-def _print_final(summary: dict[str, Any]) -> None:
+def _print_final(summary: dict[str, Any], wall_seconds: float) -> None:
     import jax
+
+    from t5pipe.train_logging import format_duration
 
     if jax.process_index() != 0:
         return
@@ -86,3 +91,15 @@ def _print_final(summary: dict[str, Any]) -> None:
                 f"held-out {task} validation exact match: {100 * value:.1f}% "
                 "(every target token the model's first choice = what greedy decoding returns)"
             )
+    rate = summary.get("tokens_per_second", math.nan)
+    speed = f"{rate:.0f} tokens/s" if math.isfinite(rate) else "no step timed"
+    best = summary.get("best")
+    best_text = (
+        f"best {best['metric']} {best['value']:.4g} at step {best['step']} ({best['checkpoint']})"
+        if best
+        else "best: none (no evaluation metric to rank checkpoints by)"
+    )
+    print(
+        f"summary: step {summary['step']} in {format_duration(wall_seconds)} wall, {speed}; "
+        f"{best_text}"
+    )
