@@ -182,25 +182,43 @@ def tensor_paths(config: T5Config) -> dict[str, tuple[str, ...]]:
 def params_from_hf(tensors: Iterable[tuple[str, np.ndarray]], config: T5Config) -> dict:
     """Builds the unscanned parameter tree from (HF name, array) pairs, one at a time.
 
+    The output layer: `config.tie_word_embeddings` says whether the decoder output is
+    scaled (`t5config_from_hf`); whether the layer is a tensor of its own is decided by
+    the tensors. An unscaled model without `lm_head.weight` (transformers >= 5.24 saves a
+    T5.1.1 made from scratch so: tied, `scale_decoder_outputs: false`) gets
+    `shared.weight` as its output layer; a scaled one whose `lm_head.weight` differs from
+    `shared.weight` cannot be held (t5pipe's T5 scales only a shared layer) and is refused.
+
     Raises ValueError naming every missing, unexpected or wrongly shaped tensor.
     """
     table = {name: (path, to_ours) for name, path, to_ours, _ in _entries(config)}
     params: dict = {}
-    unexpected, seen = [], set()
+    unexpected, seen, kept = [], set(), {}
     for name, array in tensors:
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            kept[name] = np.asarray(array)  # compared with shared.weight below
+            continue
         if name not in table:
-            if not (
-                name in _IGNORED_HF_NAMES
-                or (name == "lm_head.weight" and config.tie_word_embeddings)
-            ):
+            if name not in _IGNORED_HF_NAMES:
                 unexpected.append(name)
             continue
         path, to_ours = table[name]
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = to_ours(np.asarray(array))
+        _put(params, path, to_ours(np.asarray(array)))
         seen.add(name)
+    if "lm_head.weight" in table and "lm_head.weight" not in seen and "shared.weight" in seen:
+        # Tied and unscaled: the output layer is the embedding.
+        embedding = params["token_embedder"]["embedding"]
+        _put(params, table["lm_head.weight"][0], np.ascontiguousarray(embedding.T))
+        seen.add("lm_head.weight")
+    if "lm_head.weight" in kept and "shared.weight" in seen:
+        if not np.array_equal(kept["lm_head.weight"], params["token_embedder"]["embedding"]):
+            raise ValueError(
+                "lm_head.weight differs from shared.weight, but the config scales the "
+                "decoder output (T5 1.0: `tie_word_embeddings` true and no "
+                "`scale_decoder_outputs: false`); t5pipe's T5 scales only an output layer "
+                "shared with the embedding. If the model is T5.1.1-style, set "
+                '"scale_decoder_outputs": false in its config.json'
+            )
     missing = sorted(set(table) - seen)
     if missing or unexpected:
         raise ValueError(
@@ -210,6 +228,13 @@ def params_from_hf(tensors: Iterable[tuple[str, np.ndarray]], config: T5Config) 
             f"unexpected tensors {unexpected[:10]} ({len(unexpected)} in all)"
         )
     return params
+
+
+def _put(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
 
 
 def params_to_hf(params: dict, config: T5Config) -> Iterator[tuple[str, np.ndarray]]:
