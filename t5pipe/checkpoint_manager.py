@@ -12,9 +12,11 @@ tmp*`) that this process created or that are older than the MODEL_DIR lock (a wr
 died); everything else that is not a complete checkpoint (a user's `60.bak`, notes, a
 `<step>` whose `meta/` is missing) is listed once and left alone, and orbax never sees it:
 `_CompleteSteps` hides it, so retention never deletes it and a save over it is skipped.
+The run's own `best` file (`t5pipe.best_checkpoint`) is not listed.
 
 Retention: the last `keep` checkpoints, plus the best by an eval metric when
-`best_metric` is set (its value at the most recent eval before each save).
+`best_metric` is set (its value at the eval of the saved step, stored in the
+checkpoint's metadata).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"
+BEST_RECORD = "best"  # the run's own JSON record of its best checkpoint (t5pipe.best_checkpoint)
 
 
 @gin.configurable
@@ -121,6 +124,8 @@ def remove_incomplete(directory: Path, older_than: float | None = None) -> list[
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith(".") or (entry.is_dir() and is_complete(entry)):
             continue
+        if entry.name == BEST_RECORD and not entry.is_dir():
+            continue  # the run's own record, not a user's file
         if TMP_MARKER in entry.name and entry.is_dir() and _older(entry, older_than):
             log.warning("deleting %s: a save that was interrupted left it", entry)
             removed.append(entry)

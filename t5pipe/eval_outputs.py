@@ -4,7 +4,8 @@ metrics.json               {task: {metric: value}} (+ "glue_average" with GLUE t
 <task>.predictions.jsonl   one line per example: inputs, targets, prediction (texts),
                            targets_postprocessed, prediction_postprocessed (what the
                            metric functions saw)
-<task>.per_class.txt       precision/recall/F1 per class (classification tasks)
+<task>.per_class.txt       precision/recall/F1 per class (classification tasks: those
+                           with label classes; none for generation tasks)
 events.out.tfevents.*      TensorBoard scalars "eval/<task>/<metric>" at the step
 """
 
@@ -122,7 +123,9 @@ def write_results(
         with open(output_dir / f"{task}.predictions.jsonl", "w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        table = per_class_table(rows, (label_names or {}).get(task))
+        names = (label_names or {}).get(task)
+        # Only a classification task (one with label classes) has classes to report on.
+        table = per_class_table(rows, names) if names else None
         if table:
             (output_dir / f"{task}.per_class.txt").write_text(table + "\n")
             print(f"{task}: per-class precision / recall / F1\n{table}\n")

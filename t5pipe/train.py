@@ -26,6 +26,7 @@ import numpy as np
 import seqio
 
 from t5pipe import (
+    best_checkpoint,
     checkpoint_manager,
     input_pipeline,
     lora,
@@ -86,7 +87,7 @@ def train(
     `vocabulary`: what checkpoints record (default: the task's targets vocabulary);
     `seed` (RANDOM_SEED): parameter init and dropout; `stats_period` (STATS_PERIOD).
     Returns {"step", "eval" (last eval metrics), "stopped", "train_step_compilations",
-    "checkpoint", "tokens_per_second", "state"}; with `dry_run`, only checks (the data's
+    "checkpoint", "tokens_per_second", "best", "state"}; with `dry_run`, only checks (the data's
     first examples read too) and returns {"start": how the run would start, "step": None},
     writing nothing.
     `lora_config` (e.g. `train.lora_config = @LoraConfig()`): LoRA adapters on the
@@ -110,6 +111,7 @@ def train(
             "(steps beyond the initial checkpoint's)"
         )
     model_dir = resolve_path(model_dir)  # gs://... stays remote
+    checkpoint = best_checkpoint.ranked_by(checkpoint, evaluation)
     train_logging.check_writable(model_dir)
     task = input_pipeline.check_task(data)
     mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
@@ -150,6 +152,7 @@ def train(
         "train_step_compilations": step_fn._cache_size(),
         "checkpoint": str(checkpoint_manager.checkpoints_dir(model_dir) / str(loop.step)),
         "tokens_per_second": loop.tokens_per_second,
+        "best": loop.best.best,
         "state": loop.state,
     }
 
@@ -201,7 +204,8 @@ def _run(
         loop = _Loop(
             model_dir, train_steps, stats_period, state, step_fn, manager, meta, log,
             on_nonfinite=optimization.on_nonfinite, best_metric=checkpoint.best_metric,
-            checkpoint_period=checkpoint.period, lora_config=lora_config,
+            best_mode=checkpoint.best_mode, checkpoint_period=checkpoint.period,
+            lora_config=lora_config,
         )  # fmt: skip
         # The data position counts from the run's first step, not the global step: a
         # fine-tune from step 1M starts at its task's first batch.
@@ -273,13 +277,17 @@ class _Loop:
 
     def __init__(
         self, model_dir, train_steps, stats_period, state, step_fn, manager, meta, log, *,
-        on_nonfinite, best_metric, checkpoint_period, lora_config=None,
+        on_nonfinite, best_metric, checkpoint_period, lora_config=None, best_mode="max",
     ):  # fmt: skip
         self.model_dir, self.train_steps, self.stats_period = model_dir, train_steps, stats_period
         self.state, self.step_fn, self.manager, self.meta, self.log = (
             state, step_fn, manager, meta, log,
         )  # fmt: skip
         self.on_nonfinite, self.best_metric = on_nonfinite, best_metric
+        self.best = best_checkpoint.Tracker(
+            model_dir, best_metric, best_mode, train_logging.is_primary()
+        )
+        self.eval_step: int | None = None  # the step `last_eval` evaluated
         self.checkpoint_period, self.lora_config = checkpoint_period, lora_config
         self.step = self.start_step = int(jax.device_get(state["step"]))
         self.last_eval: dict[str, float] = {}
@@ -320,6 +328,7 @@ class _Loop:
                 if evaluator.due(self.step, self.train_steps):
                     self._check_nonfinite()
                     self.last_eval = evaluator.run(self._eval_params())
+                    self.eval_step = self.step
                     self.log.write(self.step, self.last_eval, prefix="eval")
                     self.log.message(
                         f"eval at step {self.step}: "
@@ -349,9 +358,16 @@ class _Loop:
         return lora.merge(base, adapter, self.lora_config)
 
     def _save(self) -> None:
-        metrics = self.last_eval if self.best_metric in self.last_eval else None
+        # The eval of this very step goes into its checkpoint's metadata (and ranks it).
+        metrics = self.last_eval if self.eval_step == self.step else None
+        if metrics and self.best_metric and self.best_metric not in metrics:
+            raise UserInputError(
+                f"CheckpointConfig.best_metric={self.best_metric!r} is not among the eval "
+                f"metrics {sorted(metrics)}"
+            )
         try:  # orbax first waits for the previous (asynchronous) save: its failure shows here
-            checkpoint_manager.save(self.manager, self.state, self.meta, metrics)
+            meta = {**self.meta, "eval_metrics": metrics} if metrics else self.meta
+            checkpoint_manager.save(self.manager, self.state, meta, metrics)
         except Exception as error:
             previous_done = self._saving is None or checkpoint_manager.is_complete(
                 Path(self.manager.directory) / str(self._saving)
@@ -359,6 +375,8 @@ class _Loop:
             failed = self.step if previous_done else self._saving
             raise checkpoint_manager.save_failed(self.manager, failed, error) from error
         self._saving = self.step
+        if self.best.offer(self.step, metrics or {}):
+            self.log.message(self.best.describe())
 
     def _wait(self) -> None:
         try:

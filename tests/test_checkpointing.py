@@ -15,7 +15,12 @@ from testlib import tree_digest
 from train_testlib import FAST, read_metrics, train_in_process
 
 from t5pipe import checkpoint_manager, model_dir_lock
-from t5pipe.checkpoint_format import load_model_config, load_params, save_checkpoint
+from t5pipe.checkpoint_format import (
+    load_model_config,
+    load_params,
+    read_meta,
+    save_checkpoint,
+)
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import UserInputError
 from t5pipe.gin_setup import model_config_from_gin
@@ -272,6 +277,12 @@ def test_early_stopping_on_eval_metric(tmp_path):
     assert checkpoint_manager.is_complete(
         checkpoint_manager.checkpoints_dir(tmp_path / "run") / "2"
     )
+    # Only step 2 was saved: the best record ranks by the early stopping metric.
+    folder = checkpoint_manager.checkpoints_dir(tmp_path / "run") / "2"
+    assert summary["best"] == {
+        "step": 2, "metric": "builtin_reverse_v001/teacher_forced_loss", "value": losses[1],
+        "mode": "max", "checkpoint": str(folder),
+    }  # fmt: skip
 
 
 def test_remote_model_dir_stays_remote(tmp_path, monkeypatch):
@@ -281,3 +292,41 @@ def test_remote_model_dir_stays_remote(tmp_path, monkeypatch):
         str(checkpoint_manager.checkpoints_dir("gs://bucket/run")) == "gs://bucket/run/checkpoints"
     )
     assert str(checkpoint_manager.checkpoints_dir("run")) == str(tmp_path / "run" / "checkpoints")
+
+
+def test_best_checkpoint_record_metadata_and_resume(tmp_path, capsys, caplog):
+    """checkpoints/best names the best saved step by the metric; that checkpoint's
+    metadata holds its eval metrics; a resumed run reads the record back (a worse value
+    does not replace it) and does not list it as a foreign file."""
+    model_dir = tmp_path / "run"
+    metric = "builtin_reverse_v001/teacher_forced_loss"
+    flags = (
+        *FAST,
+        "--gin.EVAL_PERIOD=2",
+        "--gin.CHECKPOINT_PERIOD=2",
+        "--gin.train.eval_max_examples=8",
+        f"--gin.CheckpointConfig.best_metric='{metric}'",
+        "--gin.CheckpointConfig.best_mode='min'",
+    )
+    summary = train_in_process(model_dir, *flags, "--gin.TRAIN_STEPS=4")
+    evals = {r["step"]: r[metric] for r in read_metrics(model_dir, split="eval")}
+    assert sorted(evals) == [2, 4]
+    best_step = min(evals, key=evals.get)
+    record_file = checkpoint_manager.checkpoints_dir(model_dir) / "best"
+    record = json.loads(record_file.read_text())
+    folder = checkpoint_manager.checkpoints_dir(model_dir) / str(best_step)
+    assert record == {
+        "step": best_step, "metric": metric, "value": evals[best_step], "mode": "min",
+        "checkpoint": str(folder),
+    }  # fmt: skip
+    assert summary["best"] == record
+    assert f"best checkpoint so far: {folder} ({metric} " in capsys.readouterr().out
+    for step, value in evals.items():  # each evaluated checkpoint carries its metrics
+        assert read_meta(folder.parent / str(step))["eval_metrics"][metric] == value
+    # A record from the first run that no later eval can beat: resuming keeps it.
+    record_file.write_text(json.dumps({**record, "value": -1.0}))
+    caplog.clear()
+    summary = train_in_process(model_dir, *flags, "--gin.TRAIN_STEPS=6")
+    assert summary["step"] == 6 and summary["best"]["step"] == best_step
+    assert json.loads(record_file.read_text())["value"] == -1.0
+    assert "not complete checkpoints" not in caplog.text

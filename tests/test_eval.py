@@ -349,3 +349,17 @@ def test_offline_eval_and_infer_use_the_checkpoints_own_vocabulary(
     # Outside a checkpoint's use the default is unreachable again: one message.
     with pytest.raises(vocabularies.UserInputError, match="T5PIPE_VOCAB="):
         seqio.get_mixture_or_task("glue_rte_v002").output_features["inputs"].vocabulary.encode("x")
+
+
+def test_per_class_report_only_for_tasks_with_label_classes(tmp_path):
+    from t5pipe.eval_outputs import write_results
+
+    rows = [
+        {"targets_postprocessed": t, "prediction_postprocessed": p}
+        for t, p in [("cba", "cba"), ("fed", "fde"), ("ih", "ih")]
+    ]
+    results = {"metrics": {"gen": {"accuracy": 66.7}, "cls": {"accuracy": 50.0}}}
+    results["predictions"] = {"gen": rows, "cls": [dict(rows[0], targets_postprocessed=0)]}
+    write_results(results, tmp_path, label_names={"cls": ("negative", "positive")})
+    assert not (tmp_path / "gen.per_class.txt").exists()  # a generation task: no classes
+    assert "0 (negative)" in (tmp_path / "cls.per_class.txt").read_text()
