@@ -175,3 +175,29 @@ def test_finetune_from_a_million_steps_reads_its_data_from_the_start(tmp_path, m
     line = start.describe(1_000_004)
     assert line.startswith(f"resuming from {resumed_from} at step 1000002")
     assert "this run began at step 1000000, so its data continues at batch 2" in line
+
+
+def test_fine_tune_from_step_one_million_reads_its_data_from_the_start(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """The data position counts from the run's first step: a fine-tune from a step-1M
+    checkpoint asks for its task's batches from batch 0 (no skip over 1M batches) and
+    pulls only the batches it trains on (plus at most one the loop reads ahead)."""
+    initial = initial_checkpoint(tmp_path_factory.mktemp("init") / "ckpt", 1_000_000)
+    asked, pulled = [], []
+    original = input_pipeline.train_batches
+
+    def counting(data, start_step=0, **kwargs):
+        asked.append(start_step)
+        for batch in original(data, start_step=start_step, **kwargs):
+            pulled.append(1)
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", counting)
+    summary = train_in_process(
+        tmp_path / "run", *FAST, *TASK, f"--gin.INITIAL_CHECKPOINT_PATH='{initial}'",
+        "--gin.TRAIN_STEPS=1000002",
+    )  # fmt: skip
+    assert summary["step"] == 1_000_002
+    assert asked == [0]
+    assert 2 <= len(pulled) <= 3
