@@ -5,7 +5,8 @@ state ({"params/encoder/...": crc}, keyed by the array's path in the state): CRC
 `google_crc32c` is installed, else zlib's CRC-32 (`CHECKSUM_KIND` says which). It is taken
 over the array's values as they are in memory, so a restore that reads back the same
 values matches, and a flipped bit in a data file (which TensorStore would otherwise
-return as a wrong value) does not.
+return as a wrong value) does not. An asynchronous save hashes in its background thread
+(`PendingMeta`); the training loop only copies the state to host memory.
 
 A checkpoint is "verified" when every array restored from it has its recorded checksum.
 Checkpoints without checksums (older t5pipe versions, t5x and Hugging Face imports) load
@@ -71,14 +72,43 @@ def checksums(tree: Any) -> dict[str, list] | None:
     runs."""
     if jax.process_count() > 1:
         return None
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    return _host_checksums(jax.device_get(tree))
+
+
+def _host_checksums(host_tree: Any) -> dict[str, list]:
+    leaves = jax.tree_util.tree_flatten_with_path(host_tree)[0]
     return {array_name(path): _checksum(leaf) for path, leaf in leaves}
 
 
+class PendingMeta:
+    """A checkpoint's meta whose checksums are computed when `resolve` is called: in an
+    asynchronous save, by the background thread that writes the meta item, so that the
+    training loop only pays for a host copy of the state (the device buffers are
+    donated to the next step, so the arrays must be copied before it runs)."""
+
+    def __init__(self, meta: dict[str, Any], state: Any):
+        self.meta = meta
+        self._host = _host_copy(state) if jax.process_count() == 1 else None
+
+    def resolve(self) -> dict[str, Any]:
+        host, self._host = self._host, None  # the copy goes as soon as it is hashed
+        if host is None:
+            return self.meta
+        return {**self.meta, CHECKSUMS_KEY: _host_checksums(host), KIND_KEY: CHECKSUM_KIND}
+
+
+def _host_copy(tree: Any) -> Any:
+    def own(leaf):
+        leaf = np.asarray(leaf)
+        # On CPU, device_get hands out views of the device buffers themselves.
+        return leaf if leaf.flags.owndata else leaf.copy()
+
+    return jax.tree.map(own, jax.device_get(tree))
+
+
 def with_checksums(meta: dict[str, Any], state: Any) -> dict[str, Any]:
-    """`meta` plus the checksums of `state`'s arrays."""
-    sums = checksums(state)
-    return meta if sums is None else {**meta, CHECKSUMS_KEY: sums, KIND_KEY: CHECKSUM_KIND}
+    """`meta` plus the checksums of `state`'s arrays, computed now."""
+    return PendingMeta(meta, state).resolve()
 
 
 def mismatches(tree: Any, meta: dict[str, Any], prefix: str = "") -> list[str] | None:

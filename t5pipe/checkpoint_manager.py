@@ -30,6 +30,7 @@ from typing import Any
 
 import gin
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from t5pipe import checkpoint_integrity
@@ -212,7 +213,26 @@ def make_manager(
         create=True,
         step_name_format=_CompleteSteps(),
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+    return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
+
+
+class _MetaHandler(ocp.JsonCheckpointHandler):
+    """orbax's JSON item handler; a `PendingMeta` is resolved (its checksums computed)
+    where the item is written: in an asynchronous save, the save's background thread."""
+
+    async def _save_fn(self, x, directory):
+        if isinstance(x, checkpoint_integrity.PendingMeta):
+            x = x.resolve()
+        return await super()._save_fn(x, directory)
+
+
+def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+        registry.add(STATE_ITEM, args, ocp.StandardCheckpointHandler())
+    for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+        registry.add(META_ITEM, args, _MetaHandler())
+    return registry
 
 
 def save(
@@ -229,11 +249,11 @@ def save(
     if occupied.exists():  # not a complete checkpoint (else orbax would list it): not ours
         log.warning("not saving step %d: %s exists and is left alone", step, occupied)
         return step
-    meta = checkpoint_integrity.with_checksums(meta, state)
+    pending = checkpoint_integrity.PendingMeta(meta, state)  # hashed by the save's thread
     manager.save(
         step,
         args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
+            **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(pending)}
         ),
         metrics=metrics,
         force=True,
@@ -256,31 +276,60 @@ def restore(
     return restored[STATE_ITEM]
 
 
-def restore_newest_good(manager, abstract_state: Any, say) -> dict[str, Any] | None:
-    """The newest checkpoint that restores and verifies; a corrupt or unreadable newer
-    one is reported (which and why) and kept, set aside as `<step>.corrupt` so that this
-    run can save that step again. None when no checkpoint restores (then none is moved)."""
+def restore_newest_good(manager, abstract_state: Any, say, agree=None) -> dict[str, Any] | None:
+    """The newest checkpoint that restores and verifies on every process; a corrupt or
+    unreadable newer one is reported (which and why) and kept, set aside as
+    `<step>.corrupt` (by process 0) so that this run can save that step again. None when
+    no checkpoint restores (then none is moved).
+
+    Each process reads its own shards, so one may fail where another succeeds: `agree`
+    (default `all_processes_agree`, a collective) turns this process's verdict on a
+    step into the verdict of all, and every process takes the same step.
+    """
+    agree = agree or all_processes_agree
     directory = Path(manager.directory)
     bad = []
     state = None
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            state = restore(manager, step, abstract_state, say=say)
-            break
+            restored, why = restore(manager, step, abstract_state, say=say), None
         except Exception as error:  # noqa: BLE001 - any failure to read means: not this one
-            why = checkpoint_integrity.clean_reason(error)
-            bad.append(step)
-            say(f"checkpoint {directory / str(step)} cannot be used ({why}); trying an older one")
+            restored, why = None, checkpoint_integrity.clean_reason(error)
+        if agree(why is None):
+            state = restored
+            break
+        bad.append(step)
+        why = why or "another process cannot read or verify its part"
+        say(f"checkpoint {directory / str(step)} cannot be used ({why}); trying an older one")
     if state is None:
         return None  # nothing moved: the run stops, and MODEL_DIR stays as it was
     for step in bad:
         aside = _aside_name(directory, step)
-        (directory / str(step)).rename(aside)
+        if jax.process_index() == 0:
+            (directory / str(step)).rename(aside)
         say(f"kept the unusable checkpoint {directory / str(step)} as {aside} (not deleted)")
     if bad:
+        _all_processes_reach("t5pipe_checkpoints_set_aside")  # renamed before reloading
         manager.reload()
         say(f"falling back to checkpoint {directory / str(int(state['step']))}")
     return state
+
+
+def all_processes_agree(ok: bool) -> bool:
+    """True when `ok` holds on every process (a collective: all must call it)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    verdicts = multihost_utils.process_allgather(np.asarray(ok, np.int32))
+    return bool(np.all(np.asarray(verdicts)))
+
+
+def _all_processes_reach(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _aside_name(directory: Path, step: int) -> Path:

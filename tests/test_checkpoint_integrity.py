@@ -167,3 +167,42 @@ def test_old_checkpoint_resumes_unverified_and_tensorboard_drops_redone_rows(tmp
         assert [s for s, _ in rows[tag]] == [1, 2, 3, 4], tag  # steps 3 and 4 once each
     assert [v for _, v in rows["train/loss"]] == [np.float32(losses[s]) for s in (1, 2, 3, 4)]
     assert {p: p.read_bytes() for p in first_files} == first_files  # earlier events untouched
+
+
+def test_processes_agree_on_the_fallback_step(tmp_path):
+    # The collective injected: this process reads steps 4 and 2, the other process
+    # cannot read its part of step 4; both must take step 2.
+    import jax
+
+    from t5pipe import checkpoint_manager
+    from t5pipe.checkpoint_manager import CheckpointConfig
+
+    manager = checkpoint_manager.make_manager(tmp_path, CheckpointConfig(async_save=False))
+    for step in (2, 4):
+        state = {"step": np.int32(step), "params": {"w": np.full((3,), step, np.float32)}}
+        checkpoint_manager.save(manager, state, {"format": 1})
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), state
+    )
+    other_process = iter([False, True])
+    verdicts, lines = [], []
+
+    def agree(ok):
+        verdicts.append(ok)
+        return ok and next(other_process)
+
+    restored = checkpoint_manager.restore_newest_good(manager, abstract, lines.append, agree)
+    ckpt_dir = tmp_path / "checkpoints"
+    assert int(restored["step"]) == 2 and verdicts == [True, True]
+    assert lines == [
+        f"checkpoint {ckpt_dir / '4'} cannot be used (another process cannot read or verify "
+        "its part); trying an older one",
+        f"kept the unusable checkpoint {ckpt_dir / '4'} as {ckpt_dir / '4.corrupt'} (not deleted)",
+        f"falling back to checkpoint {ckpt_dir / '2'}",
+    ]
+    assert sorted(manager.all_steps()) == [2] and (ckpt_dir / "4.corrupt" / "state").is_dir()
+    manager.close()
+    # One process: its own verdict.
+    assert checkpoint_manager.all_processes_agree(True)
+    assert not checkpoint_manager.all_processes_agree(False)
