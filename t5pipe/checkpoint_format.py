@@ -30,6 +30,7 @@ from etils import epath
 from t5pipe import checkpoint_integrity, pytrees
 from t5pipe.errors import UserInputError, first_line
 from t5pipe.model_config import T5Config
+from t5pipe.models import config_from_dict
 from t5pipe.vocabularies import check_vocabulary, vocabulary_from_spec, vocabulary_to_spec
 
 STATE_ITEM = "state"
@@ -111,8 +112,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return restored[META_ITEM]
 
 
-def load_model_config(path: str | Path) -> T5Config:
-    return T5Config.from_dict(read_meta(path)["model_config"])
+def load_model_config(path: str | Path):
+    """The checkpoint's model config, of the family its meta records (T5 without one)."""
+    return config_from_dict(read_meta(path)["model_config"])
 
 
 def load_vocabulary(path: str | Path) -> seqio.Vocabulary:

@@ -62,9 +62,13 @@ def forward_flops_per_example(config: T5Config, input_length: int, target_length
 
 
 def train_flops_per_step(
-    config: T5Config, batch_size: int, input_length: int, target_length: int
-) -> float:
-    """FLOPs of one training step (forward + backward) on a [batch_size] batch."""
+    config, batch_size: int, input_length: int, target_length: int
+) -> float | None:
+    """FLOPs of one training step (forward + backward) on a [batch_size] batch; None for
+    the families other than T5 (their counts would need sliding windows, GQA and merged
+    attention, so MFU is not reported for them rather than reported wrong)."""
+    if not isinstance(config, T5Config):
+        return None
     return 3.0 * batch_size * forward_flops_per_example(config, input_length, target_length)
 
 

@@ -32,8 +32,8 @@ import seqio
 from t5pipe import checkpoint_integrity, checkpoint_paths, partitioning, vocabularies
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
-from t5pipe.model import abstract_params
 from t5pipe.model_config import T5Config
+from t5pipe.models import abstract_params
 from t5pipe.scoring import bucket_length, encode_texts, pad_batch
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from t5pipe.attention import dot_product_attention, mask_to_bias
 from t5pipe.model_config import T5Config
+from t5pipe.models import abstract_params, init_params  # noqa: F401 - kept importable here
 from t5pipe.projection import dense
 from t5pipe.relative_position import RelativePositionBias
 
@@ -475,19 +476,3 @@ def shift_right(targets: jax.Array, start_token_id: int = 0) -> jax.Array:
     """Decoder inputs from targets [batch, length]: start token, then targets[:-1]."""
     start = jnp.full((targets.shape[0], 1), start_token_id, targets.dtype)
     return jnp.concatenate([start, targets[:, :-1]], axis=1)
-
-
-def init_params(config: T5Config, rng: jax.Array, batch: int = 1, length: int = 8):
-    """Random parameters as a plain (unboxed) pytree."""
-    tokens = jnp.ones((batch, length), jnp.int32)
-    boxed = T5(config).init(rng, tokens, tokens)["params"]
-    return nn.unbox(boxed)
-
-
-def abstract_params(config: T5Config):
-    """Shape/dtype pytree and logical axis names of the parameters, without allocating."""
-    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    boxed = jax.eval_shape(
-        lambda rng, t: T5(config).init(rng, t, t)["params"], jax.random.PRNGKey(0), tokens
-    )
-    return nn.unbox(boxed), nn.get_partition_spec(boxed)

@@ -31,6 +31,7 @@ from t5pipe import (
     input_pipeline,
     lora,
     model_dir_lock,
+    model_vocabulary,
     partitioning,
     peft,
     train_logging,
@@ -42,8 +43,8 @@ from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import NonFiniteLoss, Preempted, UserInputError
 from t5pipe.input_pipeline import DataConfig
 from t5pipe.lora import LoraConfig
-from t5pipe.model import T5, abstract_params
 from t5pipe.model_config import T5Config
+from t5pipe.models import abstract_params, model_for
 from t5pipe.train_eval import EvalConfig, TrainEvaluator
 from t5pipe.train_step import OptimizationConfig, train_step
 
@@ -116,9 +117,11 @@ def train(
     task = input_pipeline.check_task(data)
     mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
     partitioning.check_batch_layout(data.batch_size, optimization.num_microbatches, mesh, rules)
+    source = checkpoint_manager.latest_checkpoint(model_dir) or checkpoint.initial_checkpoint_path
+    model_vocabulary.adopt_checkpoint_vocabulary(task, model, source, train_logging.say)
     vocabulary = _checked_vocabulary(task, vocabulary, model)
     trainable = optimization.trainable_params
-    if model.prompt_length > 0 and trainable is None:
+    if getattr(model, "prompt_length", 0) > 0 and trainable is None:
         trainable = "^prompt$"  # prompt tuning: only the soft prompt learns
     if lora_config is not None and trainable is None:
         trainable = lora.TRAINABLE  # LoRA: only the adapters learn
@@ -140,7 +143,7 @@ def train(
             start, lock, lora_config,
         )  # fmt: skip
     train_logging.write_operative_config(model_dir)
-    if model.prompt_length > 0:
+    if getattr(model, "prompt_length", 0) > 0:
         peft.save_prompt(model_dir / "prompt", jax.device_get(loop.state["params"]))
     if lora_config is not None:
         _, adapter = lora.split_adapter(jax.device_get(loop.state["params"]))
@@ -181,7 +184,7 @@ def _run(
         batch_sharding = partitioning.batch_sharding(mesh, rules)
         step = functools.partial(
             train_step,
-            model=T5(model),
+            model=model_for(model),
             optimizer=tx,
             learning_rate=optimization.schedule(),
             z_loss=optimization.z_loss,

@@ -101,7 +101,7 @@ class Throughput:
             rate = (step - self._step) / max(now - self._time, 1e-9)
         self._time, self._step = now, step
         mfu = None
-        if self.peak and math.isfinite(rate):
+        if self.peak and self.step_flops and math.isfinite(rate):
             mfu = self.step_flops * rate / (self.peak * jax.device_count())
         return {
             "steps_per_second": rate,

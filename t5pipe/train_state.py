@@ -35,8 +35,8 @@ from t5pipe import (
 )
 from t5pipe.checkpoint_manager import CheckpointConfig
 from t5pipe.errors import UserInputError
-from t5pipe.model import abstract_params, init_params
 from t5pipe.model_config import T5Config
+from t5pipe.models import abstract_params, init_params
 from t5pipe.train_step import init_train_state
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,6 @@ import optax
 
 from t5pipe.errors import UserInputError
 from t5pipe.losses import NORMALIZING_MODES, cross_entropy_with_z_loss, normalizing_weights
-from t5pipe.model import T5
 
 TrainState = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -105,17 +105,31 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed:
     }
 
 
-def logits_for(model: T5, params, batch: Batch, dropout_rng: jax.Array | None) -> jax.Array:
+def logits_for(model: nn.Module, params, batch: Batch, dropout_rng: jax.Array | None) -> jax.Array:
     """Teacher-forced logits [batch, length, vocab]; dropout on when `dropout_rng` is given."""
     return model.apply(
         {"params": params},
         batch["encoder_input_tokens"],
-        batch["decoder_input_tokens"],
+        with_start_token(batch, model.config.decoder_start_token_id),
         batch.get("encoder_segment_ids"),
         batch.get("decoder_segment_ids"),
         enable_dropout=dropout_rng is not None,
         rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
     )
+
+
+def with_start_token(batch: Batch, start_token_id: int) -> jax.Array:
+    """The decoder inputs [batch, length] with each target's first position holding
+    `start_token_id`: seqio shifts targets right with 0 (T5's start), but other families
+    start from another token (T5Gemma's <bos> = 2), as decoding and scoring do."""
+    tokens = batch["decoder_input_tokens"]
+    if start_token_id == 0:
+        return tokens
+    if "decoder_positions" in batch:  # packed: every segment starts at position 0
+        first = (batch["decoder_positions"] == 0) & (batch["decoder_segment_ids"] > 0)
+    else:
+        first = jnp.arange(tokens.shape[1])[None, :] == 0
+    return jnp.where(first, jnp.asarray(start_token_id, tokens.dtype), tokens)
 
 
 def microbatch_loss(params, batch: Batch, factor, dropout_rng, *, model, z_loss, smoothing):
@@ -159,7 +173,7 @@ def train_step(
     state: TrainState,
     batch: Batch,
     *,
-    model: T5,
+    model: nn.Module,
     optimizer: optax.GradientTransformation,
     learning_rate: optax.Schedule,
     z_loss: float = 1e-4,
@@ -235,7 +249,7 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch: Batch, *, model: T5) -> dict[str, jax.Array]:
+def eval_step(params, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]:
     """Teacher-forced sums over a batch (combine across batches, then divide).
 
     Rows whose `decoder_loss_weights` are all 0 are padding and count nowhere.

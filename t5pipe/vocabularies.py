@@ -35,6 +35,9 @@ GCS_PROBE_SECONDS = 3.0
 
 # The vocabulary of the checkpoint being evaluated or decoded with (`checkpoint_default`).
 _checkpoint_vocabulary: list[seqio.SentencePieceVocabulary] = []
+# What they resolve to outside `checkpoint_default`: a run's model checkpoint's own
+# vocabulary (`stand_in_for_t5`), or None for T5's.
+_stand_in: list[seqio.SentencePieceVocabulary | None] = [None]
 
 
 def default_spm_path() -> str:
@@ -66,6 +69,25 @@ def checkpoint_default(vocabulary: seqio.Vocabulary):
     finally:
         if pinned:
             _checkpoint_vocabulary.pop()
+
+
+def stand_in_for_t5(vocabulary: seqio.SentencePieceVocabulary | None) -> None:
+    """From now on (in this process) tasks' default T5 vocabularies read `vocabulary`'s
+    model file and sentinel count; None restores T5's. A training run of a model with its
+    own vocabulary (T5Gemma's Gemma SentencePiece, embedded in its checkpoint) so trains
+    on the same tasks (`t5pipe.model_vocabulary`)."""
+    _stand_in[0] = vocabulary
+
+
+def _pinned() -> seqio.SentencePieceVocabulary | None:
+    return _checkpoint_vocabulary[-1] if _checkpoint_vocabulary else _stand_in[0]
+
+
+def is_t5_default(vocabulary: seqio.Vocabulary) -> bool:
+    """Whether `vocabulary` is T5's default (`t5_vocabulary()` given no path)."""
+    return isinstance(vocabulary, DeferredSentencePieceVocabulary) and not vocabulary.__dict__.get(
+        "_explicit_path"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,34 +144,48 @@ class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     def _sentencepiece_model_file(self) -> str:
         if self.__dict__.get("_explicit_path"):
             return self.__dict__["_explicit_path"]
-        if _checkpoint_vocabulary:
-            return _checkpoint_vocabulary[-1].sentencepiece_model_file
+        if _pinned() is not None:
+            return _pinned().sentencepiece_model_file
         return default_spm_path()
 
     @_sentencepiece_model_file.setter
     def _sentencepiece_model_file(self, value: str | None) -> None:
         self.__dict__["_explicit_path"] = value
 
+    # The sentinel count goes with the file: a checkpoint's own vocabulary brings its own.
+    @property
+    def _extra_ids(self) -> int:
+        if not self.__dict__.get("_explicit_path") and _pinned() is not None:
+            return _pinned().extra_ids
+        return self.__dict__.get("_own_extra_ids", 0)
+
+    @_extra_ids.setter
+    def _extra_ids(self, value: int) -> None:
+        self.__dict__["_own_extra_ids"] = value
+
     def _model_context(self):
         # seqio keeps the loaded model; a new resolution (another checkpoint, a changed
         # setting) loads the file it now names.
         path = self._sentencepiece_model_file
-        if self.__dict__.get("_loaded_from") != path:
+        if self.__dict__.get("_loaded_from") != (path, self._extra_ids):
             require_reachable(path, how_to_set_t5_vocabulary())
             self._model = None
-            self.__dict__["_loaded_from"] = path
+            self.__dict__["_loaded_from"] = (path, self._extra_ids)
         return super()._model_context()
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_explicit_path", None)
         state.pop("_loaded_from", None)
+        state.pop("_own_extra_ids", None)
         state["_sentencepiece_model_file"] = self._sentencepiece_model_file
+        state["_extra_ids"] = self._extra_ids
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state["_explicit_path"] = state.pop("_sentencepiece_model_file", None)
+        state["_own_extra_ids"] = state.pop("_extra_ids", 0)
         super().__setstate__(state)
 
 

@@ -42,8 +42,10 @@ def hf_model(config: UMT5Config, std: float = 0.4):
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
 def umt5(request):
+    # Spread 0.3: at 0.4 the logits grow so large that HF's own float32 result is 2e-5
+    # off its float64 one, and no float32 implementation could agree to 1e-5.
     config = UMT5Config(**TINY, tie_word_embeddings=request.param)
-    hf = hf_model(config)
+    hf = hf_model(config, std=0.3)
     return config, hf, params_from(hf, config)
 
 
@@ -58,9 +60,8 @@ def published_layout():
 def test_encoder_and_logits_match_transformers(umt5):
     config, hf, params = umt5
     errors = parity_errors(config, hf, params, precisions=("float32", "float64"))
-    # float32 on both sides differs by rounding (HF's float32 logits are 2e-5 off its own
-    # float64 ones with these weights); float64 on both sides agrees to 1e-5.
-    assert_parity(errors, {"float64": 1e-5, "float32": 1e-4})
+    # Measured: float32 encoder 1.4e-6, logits 3.3e-6; float64 4e-7 and 1.1e-6.
+    assert_parity(errors, {"float32": 1e-5, "float64": 1e-5})
 
 
 def test_hf_round_trip_and_config_map(umt5):

@@ -1,11 +1,13 @@
-"""Hugging Face T5 folders <-> self-describing t5pipe checkpoints (the `t5pipe convert`
-driver; the command's flags are in `t5pipe.commands.convert`).
+"""Hugging Face folders <-> self-describing t5pipe checkpoints, for every model family
+(the `t5pipe convert` driver; the command's flags are in `t5pipe.commands.convert`).
 
-Import reads DIR/config.json (model_type t5 or mt5) and the weights
-(`tensor_io.weight_files`), maps them by name (`t5pipe.hf.t5`) and writes a checkpoint
-with the vocabulary (`t5pipe.hf.tokenizers`) embedded. Export writes config.json,
-generation_config.json, model.safetensors (lm_head.weight only for an untied,
-T5.1.1-style output layer) and the tokenizer files.
+Import reads DIR/config.json, whose model_type names the family (`family_for_hf`: t5 and
+mt5, umt5, t5gemma, t5gemma2), and the weights (`tensor_io.weight_files`), maps them by
+the family's name map (T5's in `t5pipe.hf.t5`, the others' in their `t5pipe.models`
+module) and writes a checkpoint with the vocabulary (`t5pipe.hf.tokenizers`) embedded.
+Export writes config.json, generation_config.json, model.safetensors (the tensors the
+family's map names; an output layer tied to the embedding is not repeated) and the
+tokenizer files.
 
 Memory: tensors stream one at a time in both directions (one shard open at a time
 on import, a hand-written safetensors stream on export), so the peak is about the
@@ -31,6 +33,7 @@ from t5pipe.hf import t5 as t5_mapping
 from t5pipe.hf import tensor_io
 from t5pipe.hf.tensor_io import SAFETENSORS_FILE, ConversionError
 from t5pipe.hf.tokenizers import (
+    GEMMA_SPM_FILE,
     SPECIAL_TOKENS_MAP,
     SPM_FILE,
     TOKENIZER_CONFIG,
@@ -39,8 +42,8 @@ from t5pipe.hf.tokenizers import (
     tokenizer_files,
 )
 from t5pipe.model_config import T5Config
+from t5pipe.models import Family, config_from_dict, family_for_hf, family_of
 
-HF_MODEL_TYPES = ("t5", "mt5")
 # Older transformers releases saved a cross-attention bias that T5 never uses
 # (transformers itself ignores it on load); the original t5-small checkpoint has one.
 UNUSED_HF_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
@@ -51,6 +54,7 @@ EXPORT_FILES = (
     "generation_config.json",
     SAFETENSORS_FILE,
     SPM_FILE,
+    GEMMA_SPM_FILE,
     TOKENIZER_CONFIG,
     SPECIAL_TOKENS_MAP,
 )
@@ -94,19 +98,23 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
         hf_config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConversionError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
-    model_type = hf_config.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ConversionError(
-            f"{path}: model_type is {model_type!r} "
-            f"(architectures {hf_config.get('architectures')}); only T5-family models "
-            f"({', '.join(HF_MODEL_TYPES)}) can be converted"
-        )
     return hf_config
 
 
-def read_hf_tensors(hf_dir: Path, config: T5Config) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, float32 array) for every tensor in the folder, one file open at a time,
-    each shape checked against `config`."""
+def hf_family(hf_config: dict[str, Any], hf_dir: Path) -> Family:
+    """The model family that reads this config.json (by its model_type)."""
+    try:
+        return family_for_hf(hf_config)
+    except ValueError as error:
+        raise ConversionError(
+            f"{hf_dir / 'config.json'}: model_type is {hf_config.get('model_type')!r} "
+            f"(architectures {hf_config.get('architectures')}): {error}"
+        ) from None
+
+
+def read_hf_tensors(hf_dir: Path, config) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, float32 array) for every tensor in the folder, one file open at a time;
+    T5's shapes checked against `config` here, the other families' by their name map."""
     files = tensor_io.weight_files(hf_dir)
     for i, path in enumerate(files, 1):
         say(f"reading {path.name} ({i}/{len(files)})")
@@ -117,7 +125,8 @@ def read_hf_tensors(hf_dir: Path, config: T5Config) -> Iterator[tuple[str, np.nd
             if name in UNUSED_HF_TENSORS:
                 say(f"skipping {name} (unused by T5; older transformers saved it)")
                 continue
-            expected = t5_mapping.hf_tensor_shape(name, config)
+            is_t5 = isinstance(config, T5Config)
+            expected = t5_mapping.hf_tensor_shape(name, config) if is_t5 else None
             if expected is not None and tuple(array.shape) != expected:
                 raise ConversionError(
                     f"{path}: tensor {name} has shape {list(array.shape)}, but config.json "
@@ -137,8 +146,8 @@ def _make_contiguous(tree: dict) -> None:
             tree[key] = np.ascontiguousarray(value)
 
 
-def _check_against_model(params: dict, config: T5Config) -> None:
-    from t5pipe.model import abstract_params
+def _check_against_model(params: dict, config) -> None:
+    from t5pipe.models import abstract_params
 
     problems = checkpoint_format.shape_differences(
         pytrees.shapes(abstract_params(config)[0]), pytrees.shapes(params), what="conversion"
@@ -159,37 +168,41 @@ def import_hf(
     overwrite: bool = False,
     gin_bound: dict[str, Any] | None = None,
 ) -> Path:
-    """Converts a Hugging Face T5 folder into a t5pipe checkpoint at `out`; returns `out`.
+    """Converts a Hugging Face folder into a t5pipe checkpoint at `out`; returns `out`.
 
-    `gin_bound`: T5Config fields bound in gin (see `gin_model_config_bindings`).
+    `gin_bound`: T5Config fields bound in gin (see `gin_model_config_bindings`); T5 only.
     """
     hf_dir, out = _local_path(hf_dir, "--from_hf"), _local_path(out, "--out")
     hf_config = read_hf_config(hf_dir)
+    family = hf_family(hf_config, hf_dir)
     try:
-        config = t5_mapping.t5config_from_hf(hf_config)
+        config = family.config_from_hf(hf_config)
     except (KeyError, TypeError, ValueError) as e:
-        raise ConversionError(f"{hf_dir / 'config.json'}: cannot read the T5 config: {e}") from e
+        raise ConversionError(
+            f"{hf_dir / 'config.json'}: cannot read the {family.name} config: {e}"
+        ) from e
     if hf_config["model_type"] == "mt5":
         # mT5 is T5.1.1-shaped: own output layer, no rescale. transformers >= 5 writes
         # `tie_word_embeddings: true` for it regardless (and its MT5 model ignores it).
         config = config.replace(tie_word_embeddings=False)
-    config = apply_gin_bindings(config, gin_bound or {}, hf_dir / "config.json")
+    if isinstance(config, T5Config):
+        config = apply_gin_bindings(config, gin_bound or {}, hf_dir / "config.json")
     vocabulary = detect_vocabulary(hf_dir, config, vocab, extra_ids)
     _check_checkpoint_target(out, overwrite)
     say(
-        f"{hf_dir.name}: {config.num_encoder_layers}+{config.num_decoder_layers} layers, "
-        f"d_model {config.d_model}, {config.feed_forward_proj}, "
+        f"{hf_dir.name}: {family.name}, layers {family.layer_counts(config)}, "
         f"{'tied' if config.tie_word_embeddings else 'untied'} output layer, "
         f"vocabulary {type(vocabulary).__name__} ({vocabulary.vocab_size} ids)"
     )
     try:
-        params = t5_mapping.params_from_hf(read_hf_tensors(hf_dir, config), config)
+        params = family.params_from_hf(read_hf_tensors(hf_dir, config), config)
     except ValueError as e:  # the name map lists the missing and unexpected tensors
         raise ConversionError(f"{hf_dir}: {e}") from e
     _make_contiguous(params)
     scan_layers = scan_layers or config.scan_layers
     if scan_layers:
-        params = t5_mapping.scan_layout(params, config, in_place=True)
+        for stack, depth in family.layer_counts(config).items():
+            pytrees.stack_layers(params[stack], depth)  # in place: one layout at a time
     config = config.replace(scan_layers=scan_layers, dtype=dtype or config.dtype)
     _check_against_model(params, config)
     count = sum(int(np.prod(x.shape)) for x in _leaves(params))
@@ -316,8 +329,8 @@ def _check_export_target(out: Path, overwrite: bool) -> None:
 def export_hf(
     checkpoint: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False
 ) -> Path:
-    """Writes a Hugging Face T5 folder at `out` from a t5pipe checkpoint; returns `out`."""
-    from t5pipe.model import abstract_params
+    """Writes a Hugging Face folder of the checkpoint's family at `out`; returns `out`."""
+    from t5pipe.models import abstract_params
 
     checkpoint, out = _local_path(checkpoint, "--checkpoint"), _local_path(out, "--out")
     if not checkpoint.exists():
@@ -326,8 +339,9 @@ def export_hf(
         meta = checkpoint_format.read_meta(checkpoint)
     except FileNotFoundError as e:
         raise ConversionError(str(e)) from e
-    config = T5Config.from_dict(meta["model_config"])
-    if config.prompt_length:
+    config = config_from_dict(meta["model_config"])
+    family = family_of(config)
+    if getattr(config, "prompt_length", 0):
         raise ConversionError(
             f"{checkpoint}: the model has a {config.prompt_length}-vector soft prompt, which a "
             "Hugging Face T5 cannot hold"
@@ -339,19 +353,19 @@ def export_hf(
     shapes, _ = abstract_params(config)
     params = checkpoint_format.load_params(checkpoint, shapes)
     if config.scan_layers:
-        params = t5_mapping.unscan_layout(params, config)  # views, no copies
+        for stack, depth in family.layer_counts(config).items():
+            params[stack] = pytrees.unstack_layers(params[stack], depth)  # views, no copies
         config = config.replace(scan_layers=False)
 
     out.mkdir(parents=True, exist_ok=True)
-    names = t5_mapping.hf_tensor_names(config)
-    plan = [(name, t5_mapping.hf_tensor_shape(name, config)) for name in names]
+    plan = _export_plan(family, params, config)
     say(f"writing {len(plan)} tensors as {dtype} to {out / SAFETENSORS_FILE}")
     tensor_io.write_safetensors(
-        out / SAFETENSORS_FILE, plan, dtype, t5_mapping.params_to_hf(params, config)
+        out / SAFETENSORS_FILE, plan, dtype, family.params_to_hf(params, config)
     )
     del params
 
-    hf_config = {**t5_mapping.t5config_to_hf(config), "dtype": dtype}
+    hf_config = {**family.config_to_hf(config), "dtype": dtype}
     generation = {
         "decoder_start_token_id": config.decoder_start_token_id,
         "eos_token_id": config.eos_token_id,
@@ -364,3 +378,17 @@ def export_hf(
         partial.write_bytes(content)
         os.replace(partial, out / name)
     return out
+
+
+def _export_plan(family: Family, params: dict, config) -> list[tuple[str, tuple[int, ...]]]:
+    """(HF name, shape) of every tensor to write, in the order `params_to_hf` yields them."""
+    if family.hf_entries is None:  # T5 keeps its own map
+        names = t5_mapping.hf_tensor_names(config)
+        return [(name, t5_mapping.hf_tensor_shape(name, config)) for name in names]
+    plan = []
+    for name, path, _, to_hf in family.hf_entries(config):
+        node = params
+        for key in path:
+            node = node[key]
+        plan.append((name, tuple(to_hf(np.asarray(node)).shape)))  # views: no copies kept
+    return plan

@@ -256,7 +256,7 @@ def load_peft_adapter(
     directory: str | Path, model_config: T5Config
 ) -> tuple[dict, lora.LoraConfig]:
     """(our adapter tree, LoraConfig) from a PEFT LoRA folder, in `model_config`'s layout."""
-    from t5pipe.model import abstract_params
+    from t5pipe.models import abstract_params
 
     directory = resolve_path(directory)
     config = _read_config(directory / CONFIG_FILE)

@@ -1,11 +1,13 @@
 """Hugging Face tokenizer files <-> seqio vocabularies, for import and export.
 
-Import: DIR/spiece.model (extra ids from tokenizer_config.json, else 100 when they fit
-the embedding: T5 and Flan-T5 yes, mT5 no) or ByT5's byte vocabulary (tokenizer_config
-names ByT5Tokenizer, or no tokenizer at all and a byte-sized embedding); --vocab /
+Import: DIR/spiece.model, or Gemma's DIR/tokenizer.model (extra ids from
+tokenizer_config.json, else 100 when they fit the embedding: T5 and Flan-T5 yes, mT5
+no) or ByT5's byte vocabulary (tokenizer_config names ByT5Tokenizer, or no tokenizer
+at all and a byte-sized embedding); --vocab /
 --extra_ids override the guess. Export: spiece.model + tokenizer_config.json +
 special_tokens_map.json, or a ByT5Tokenizer config for the byte vocabulary, which
-transformers' AutoTokenizer reads.
+transformers' AutoTokenizer reads; T5Gemma and T5Gemma 2 get tokenizer.model and a
+GemmaTokenizer config (pad 0, eos 1, bos 2) instead.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from t5pipe.hf.tensor_io import ConversionError
-from t5pipe.model_config import T5Config
 
 SPM_FILE = "spiece.model"
+GEMMA_SPM_FILE = "tokenizer.model"
+GEMMA_FAMILIES = ("t5gemma", "t5gemma2")  # Gemma's SentencePiece and special tokens
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 # ByT5: 3 special ids, then the 256 byte values; any further rows are extra ids.
@@ -31,9 +34,7 @@ def say(message: str) -> None:
     print(f"[t5pipe convert] {message}", file=sys.stderr, flush=True)
 
 
-def detect_vocabulary(
-    hf_dir: Path, config: T5Config, vocab: str | None = None, extra_ids: int | None = None
-):
+def detect_vocabulary(hf_dir: Path, config, vocab: str | None = None, extra_ids: int | None = None):
     """The seqio vocabulary of a Hugging Face folder (see the module docstring)."""
     import seqio
 
@@ -47,6 +48,8 @@ def detect_vocabulary(
     if vocab == "byte" or (vocab is None and tokenizer_class.startswith("ByT5")):
         return byt5_vocabulary(extra_ids=extra_ids or 0)
     spm_path = Path(vocab) if vocab else hf_dir / SPM_FILE
+    if not vocab and not spm_path.is_file() and (hf_dir / GEMMA_SPM_FILE).is_file():
+        spm_path = hf_dir / GEMMA_SPM_FILE
     if vocab and not spm_path.is_file():
         raise ConversionError(f"--vocab {vocab}: not 'byte' and no such SentencePiece model file")
     if not spm_path.is_file():
@@ -75,17 +78,17 @@ def detect_vocabulary(
     return vocabulary
 
 
-def tokenizer_files(vocabulary_spec: dict[str, Any], config: T5Config) -> dict[str, bytes]:
+def tokenizer_files(vocabulary_spec: dict[str, Any], config) -> dict[str, bytes]:
     """File name -> contents of the tokenizer files transformers' AutoTokenizer reads."""
     special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     kind = vocabulary_spec.get("kind")
-    if kind == "sentencepiece":
-        from t5pipe.vocabularies import vocabulary_from_spec
-
-        if vocabulary_spec.get("model_b64"):
-            model = base64.b64decode(vocabulary_spec["model_b64"])
-        else:
-            model = vocabulary_from_spec(vocabulary_spec).sp_model
+    if kind == "sentencepiece" and getattr(config, "family", "t5") in GEMMA_FAMILIES:
+        special = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>",
+                   "pad_token": "<pad>"}  # fmt: skip
+        tokenizer_config = {"tokenizer_class": "GemmaTokenizer", **special}
+        files = {GEMMA_SPM_FILE: _spm_model(vocabulary_spec)}
+    elif kind == "sentencepiece":
+        model = _spm_model(vocabulary_spec)
         extra_ids = int(vocabulary_spec.get("extra_ids", 0))
         special["additional_special_tokens"] = [f"<extra_id_{i}>" for i in range(extra_ids)]
         tokenizer_config = {"tokenizer_class": "T5Tokenizer", "extra_ids": extra_ids, **special}
@@ -100,6 +103,15 @@ def tokenizer_files(vocabulary_spec: dict[str, Any], config: T5Config) -> dict[s
     files[TOKENIZER_CONFIG] = _json_bytes(tokenizer_config)
     files[SPECIAL_TOKENS_MAP] = _json_bytes(special)
     return files
+
+
+def _spm_model(vocabulary_spec: dict[str, Any]) -> bytes:
+    """The SentencePiece model file a checkpoint's vocabulary spec embeds (or names)."""
+    if vocabulary_spec.get("model_b64"):
+        return base64.b64decode(vocabulary_spec["model_b64"])
+    from t5pipe.vocabularies import vocabulary_from_spec
+
+    return vocabulary_from_spec(vocabulary_spec).sp_model
 
 
 def _json_bytes(value: Any) -> bytes:
