@@ -91,7 +91,7 @@ def soak(kills: int, steps: int, seed: int, work: Path) -> dict:
     (model_dir / "checkpoints" / "60.bak").write_bytes(os.urandom(1000))
     user_before = _digest(model_dir / "checkpoints")
 
-    killed_at, reruns = [], 0
+    killed_at, reruns, landed = [], 0, 0
     for _ in range(kills):
         process = subprocess.Popen(
             _command(model_dir, steps), cwd=work, env=_env(),
@@ -103,6 +103,7 @@ def soak(kills: int, steps: int, seed: int, work: Path) -> dict:
         time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
+            landed += 1
         _, err = process.communicate()
         if process.returncode not in (0, -signal.SIGKILL):
             raise RuntimeError(f"a rerun failed ({process.returncode}): {err[-2000:]}")
@@ -123,6 +124,7 @@ def soak(kills: int, steps: int, seed: int, work: Path) -> dict:
     return {
         "kills": kills,
         "steps": steps,
+        "kills_landed": landed,  # kills that found the run still going (not yet finished)
         "killed_after_logged_step": killed_at,
         "one_row_per_step": steps_logged == list(range(1, steps + 1)),
         "losses_bit_identical": same_losses,

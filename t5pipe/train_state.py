@@ -26,6 +26,7 @@ import optax
 
 from t5pipe import (
     checkpoint_format,
+    checkpoint_integrity,
     checkpoint_manager,
     checkpoint_paths,
     lora,
@@ -124,7 +125,7 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
     """Decides where the state comes from and checks that checkpoint against the model
     config (every parameter present, same shapes) before anything is written."""
     shapes, _ = abstract_params(config)
-    latest = checkpoint_manager.latest_checkpoint(model_dir)
+    latest = _newest_readable(model_dir)
     initial = checkpoint.initial_checkpoint_path
     if latest is not None:
         if initial:
@@ -154,6 +155,22 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
         step = source.stored_step() or 0
         return Start("initial", source.path, fit, step, step, source)
     return Start("fresh")
+
+
+def _newest_readable(model_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint whose metadata (meta/, state/_METADATA) reads, to
+    check the model against; the restore reports the newer damaged ones and falls back
+    past them. With none readable, the newest (whose check then says what is wrong)."""
+    found = checkpoint_manager.complete_checkpoints(model_dir)
+    for _, path in reversed(found):
+        try:
+            checkpoint_integrity.check_state_metadata(path / checkpoint_format.STATE_ITEM)
+            checkpoint_format.read_meta(path)
+        except UserInputError as error:
+            log.warning("%s (an older checkpoint is tried)", error)
+            continue
+        return path
+    return found[-1][1] if found else None
 
 
 # Parameters a run adds to the model it starts from, so a checkpoint never has them:

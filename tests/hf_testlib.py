@@ -62,3 +62,14 @@ def confident_t5_1_1():
     torch.manual_seed(1)
     hf.lm_head.weight = torch.nn.Parameter(torch.randn_like(hf.lm_head.weight))
     return config, hf, hf_mapping.params_from_hf(hf_state(hf).items(), config)
+
+
+def hf_logits(hf, enc, enc_mask, dec_in) -> np.ndarray:
+    """transformers' logits [batch, target, vocab] for token arrays [batch, length]."""
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.tensor(enc),
+            attention_mask=torch.tensor(enc_mask.astype(np.int64)),
+            decoder_input_ids=torch.tensor(dec_in),
+        )
+    return out.logits.numpy()

@@ -1,8 +1,9 @@
-"""Checksums per array: a flipped byte in a checkpoint's data file makes train fall back
-to the previous checkpoint (finishing bit-identical to an uninterrupted run, the bad one
-kept), and eval/infer refuse it; garbage in meta/metadata or state/_METADATA names that
-file; a vocabulary that is not a SentencePiece model is refused; a checkpoint without
-checksums resumes with one line saying so; TensorBoard drops the rows a resume redoes."""
+"""Checksums per array: a flipped byte in a checkpoint's data file (or a garbled
+state/_METADATA) makes train fall back to the previous checkpoint (finishing
+bit-identical to an uninterrupted run, the bad one kept), and eval/infer refuse it;
+garbage in meta/metadata or state/_METADATA names that file; a vocabulary that is not
+a SentencePiece model is refused; a checkpoint without checksums resumes with one line
+saying so; TensorBoard drops the rows a resume redoes."""
 
 import collections
 import json
@@ -20,24 +21,28 @@ RUN = (*FAST, "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2", "--gin.CHECKPO
 
 
 def _flip_a_parameter_byte(checkpoint: Path) -> None:
-    """Flips one byte of the largest data file, at the first offset (from its middle on)
-    that changes what the parameters read back as (a byte that makes the whole state
-    unreadable may belong to the optimizer's arrays, which eval does not read)."""
-    original = load_params(checkpoint)
-    data = max((checkpoint / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
-    content = bytearray(data.read_bytes())
-    for offset in range(len(content) // 2, len(content), 97):
-        content[offset] ^= 0x10
+    """Flips one byte of a data file, at the first of 16 spread-out offsets per file
+    (largest file first) that changes the parameters as read back or leaves them
+    unreadable: a byte of the optimizer's arrays alone leaves eval, which reads only the
+    parameters, nothing to refuse."""
+    params = load_params(checkpoint)
+    original = _leaves(params)
+    files = sorted((checkpoint / "state").rglob("d/*"), key=lambda p: -p.stat().st_size)
+    for data in files:
+        content = bytearray(data.read_bytes())
+        for offset in np.unique(np.linspace(0, len(content) - 1, 16).astype(int)):
+            content[offset] ^= 0x10
+            data.write_bytes(bytes(content))
+            try:
+                flipped = _leaves(load_params(checkpoint, target=params))  # params alone
+                changed = not all(map(np.array_equal, original, flipped))
+            except Exception:  # noqa: BLE001 - the parameters' bytes no longer decode
+                changed = True
+            if changed:
+                return
+            content[offset] ^= 0x10
         data.write_bytes(bytes(content))
-        try:
-            flipped = load_params(checkpoint)
-        except Exception:  # noqa: BLE001 - maybe a byte of another array (the optimizer's)
-            flipped = None
-        leaves = zip(_leaves(original), _leaves(flipped), strict=True) if flipped else ()
-        if any(not np.array_equal(a, b) for a, b in leaves):
-            return
-        content[offset] ^= 0x10
-    raise AssertionError(f"no byte of {data} reaches the parameters")
+    raise AssertionError(f"no sampled byte of {checkpoint}/state reaches the parameters")
 
 
 def _leaves(tree):
@@ -71,6 +76,19 @@ def test_flipped_byte_falls_back_and_eval_refuses(tmp_path, capsys):
     losses = [(r["step"], r["loss"]) for r in read_metrics(model_dir)]
     assert losses == [(r["step"], r["loss"]) for r in reference]  # bit-identical, one per step
     assert tree_digest(Path(f"{bad}.corrupt")) == corrupt  # never deleted or changed
+
+    # A garbled state/_METADATA in the latest checkpoint: the same fallback.
+    (bad / "state" / "_METADATA").write_bytes(b"\xff\xfe garbage")
+    garbled = tree_digest(bad)
+    capsys.readouterr()
+    summary = train_in_process(model_dir, *RUN)
+    out = capsys.readouterr().out
+    assert f"falling back to checkpoint {model_dir / 'checkpoints' / '2'}" in out
+    assert f"kept the unusable checkpoint {bad} as {bad}.corrupt2 (not deleted)" in out
+    assert summary["step"] == 4
+    losses = [(r["step"], r["loss"]) for r in read_metrics(model_dir)]
+    assert losses == [(r["step"], r["loss"]) for r in reference]
+    assert tree_digest(Path(f"{bad}.corrupt2")) == garbled
 
 
 def test_garbage_metadata_names_the_file(model_dir, tmp_path, capsys):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_testlib import T5_1_0, T5_1_1, batch, hf_model, hf_state, relative_error
+from hf_testlib import T5_1_0, T5_1_1, batch, hf_logits, hf_model, hf_state, relative_error
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from testlib import REPO_ROOT, tiny_config
@@ -55,16 +55,6 @@ def hf_folders(tmp_path_factory, spm_path):
 
 def run_convert(*args):
     return cli.main(["convert", *map(str, args)])
-
-
-def hf_logits(hf, enc, enc_mask, dec_in):
-    with torch.no_grad():
-        out = hf(
-            input_ids=torch.tensor(enc),
-            attention_mask=torch.tensor(enc_mask.astype(np.int64)),
-            decoder_input_ids=torch.tensor(dec_in),
-        )
-    return out.logits.numpy()
 
 
 def assert_checkpoint_matches_hf(ckpt, hf):

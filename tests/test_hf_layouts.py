@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
-from hf_testlib import T5_1_0, T5_1_1, batch, hf_model, relative_error
+from hf_testlib import T5_1_0, T5_1_1, batch, hf_logits, hf_model, relative_error
 from safetensors import safe_open
 from testlib import tiny_config
 
@@ -82,16 +81,6 @@ def test_the_fixtures_are_the_layouts_they_stand_for(layouts):
     assert described("t5_1_0") == (True, True, False)
 
 
-def _logits(hf, enc, enc_mask, dec_in):
-    with torch.no_grad():
-        out = hf(
-            input_ids=torch.tensor(enc),
-            attention_mask=torch.tensor(enc_mask.astype(np.int64)),
-            decoder_input_ids=torch.tensor(dec_in),
-        )
-    return out.logits.numpy()
-
-
 @pytest.mark.parametrize(
     "layout", ["hub_t5_1_1", "tied_unscaled", "fine_tuned_tied_config", "t5_1_0"]
 )
@@ -106,7 +95,7 @@ def test_import_gives_transformers_logits_and_round_trips_bit_identical(layouts,
     enc, targets, enc_mask, dec_mask = batch(config.vocab_size)
     dec_in = np.asarray(shift_right(jnp.asarray(targets)))
     ours = T5(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec_in))
-    assert relative_error(ours, _logits(hf, enc, enc_mask, dec_in), dec_mask) <= 1e-5
+    assert relative_error(ours, hf_logits(hf, enc, enc_mask, dec_in), dec_mask) <= 1e-5
 
     assert cli.main(["convert", "--to_hf", "--checkpoint", str(ckpt), "--out", str(exported)]) == 0
     original, back = _tensors(folder), _tensors(exported)
@@ -118,7 +107,7 @@ def test_import_gives_transformers_logits_and_round_trips_bit_identical(layouts,
         assert np.array_equal(array, original[name]), name
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(exported).eval()
     np.testing.assert_array_equal(
-        _logits(reloaded, enc, enc_mask, dec_in), _logits(hf, enc, enc_mask, dec_in)
+        hf_logits(reloaded, enc, enc_mask, dec_in), hf_logits(hf, enc, enc_mask, dec_in)
     )
     assert cli.main(["convert", "--from_hf", str(exported), "--out", str(again)]) == 0
     jax.tree.map(np.testing.assert_array_equal, checkpoint_format.load_params(again), params)
