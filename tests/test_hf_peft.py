@@ -2,6 +2,7 @@
 
 import json
 
+import hf_testlib
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,13 +50,7 @@ def batch():
 
 def hf_logits(model):
     enc, dec, mask = batch()
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(enc),
-            attention_mask=torch.tensor(mask.astype(np.int64)),
-            decoder_input_ids=torch.tensor(dec),
-        )
-    return out.logits.numpy()
+    return hf_testlib.hf_logits(model, enc, mask, dec)
 
 
 def our_logits(params, lora_config=None, config=CONFIG):
