@@ -28,17 +28,20 @@ def _is_remote(path: Any) -> bool:
 
 
 def checkpoint_line(role: str, path: Any) -> str:
-    """`role: path (what it is)`; a local path that does not exist is an error."""
+    """`role: path (what it is)`, as `checkpoint_paths.locate` finds it (the same errors
+    as the real run: a missing path names its nearest parent, a Hugging Face folder
+    the convert to run); nothing is loaded."""
     if path in (None, ""):
         return f"{role}: none"
     if _is_remote(path):
         return f"{role}: {path} ({REMOTE})"
-    if not os.path.exists(path):
-        raise UserInputError(f"{role}: {path} does not exist")
-    from t5pipe.checkpoint_format import is_checkpoint, resolve_path
+    from t5pipe import checkpoint_paths
 
-    kind = "t5pipe checkpoint" if is_checkpoint(resolve_path(path)) else "found"
-    return f"{role}: {path} ({kind})"
+    # locate's own note (a MODEL_DIR's latest, a t5x one unverified) is this line's.
+    checkpoint = checkpoint_paths.locate(path, role, say=lambda line: None)
+    step = "" if checkpoint.step is None else f", step {checkpoint.step}"
+    where = "" if os.fspath(checkpoint.path) == os.fspath(path) else f" at {checkpoint.path}"
+    return f"{role}: {path} ({checkpoint.kind} checkpoint{step}{where})"
 
 
 def vocabulary_line(role: str, vocabulary: Any) -> str:

@@ -160,3 +160,20 @@ def test_t5x_checkpoint_as_initial_checkpoint_starts_at_its_step(t5x_run, tmp_pa
     start = params["encoder"]["encoder_norm"]["scale"]
     assert not np.array_equal(trained, start)
     np.testing.assert_allclose(trained, start, atol=0.05)
+
+
+def test_dry_run_reads_checkpoint_paths_as_the_run_does(model_dir, t5x_run, tmp_path, capsys):
+    argv = ["eval", "--dry_run", "--task", "glue_rte_v002", "--output_dir", str(tmp_path / "e")]
+    assert cli.main([*argv, "--checkpoint", str(model_dir)]) == 0
+    latest = model_dir / "checkpoints" / "10"
+    assert f"checkpoint: {model_dir} (t5pipe checkpoint, step 10 at {latest})" in (
+        capsys.readouterr().out
+    )
+    root, _, _ = t5x_run
+    assert cli.main([*argv, "--checkpoint", str(root / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"(t5x checkpoint, step 1000 at {root / 'run' / 'checkpoint_1000'})" in out
+    # A missing step is the run's own error, before anything is written.
+    assert cli.main([*argv, "--checkpoint", str(model_dir / "checkpoints" / "401")]) == 2
+    assert "there is no step 401" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
