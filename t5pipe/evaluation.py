@@ -54,16 +54,81 @@ class EvalOptions:
     rank_classification: score every label and predict the likeliest instead of decoding;
         labels come from `labels`, else from the task's label postprocessor
         (`label_classes`, as the GLUE tasks have). Works zero-shot on new label sets.
+    labels: the texts to score: a tuple (each one a prediction text as it is), or a
+        verbalizer mapping the words the model scores onto the task's classes, e.g.
+        `{'terrible': 'negative', 'great': 'positive'}` on glue_sst2_v002 (the
+        prediction is then the chosen word's class, so the task's own metrics apply;
+        several words may name one class, every class needs one).
     """
 
     rank_classification: bool = False
-    labels: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | Mapping[str, str] | None = None
+
+    def __post_init__(self):
+        labels = self.labels
+        if labels is None:
+            return
+        texts = list(labels.items()) if isinstance(labels, Mapping) else labels
+        flat = [x for pair in texts for x in pair] if isinstance(labels, Mapping) else texts
+        if isinstance(labels, str) or not all(isinstance(x, str) for x in flat):
+            raise UserInputError(
+                f"EvalOptions.labels={labels!r}: expected a tuple of label texts or a "
+                "mapping {word: class}, e.g. {'terrible': 'negative', 'great': 'positive'}"
+            )
+        frozen = dict(labels) if isinstance(labels, Mapping) else tuple(labels)
+        object.__setattr__(self, "labels", frozen)
 
 
 def label_classes(task: seqio.Task) -> tuple[str, ...] | None:
     """The class names a classification task's postprocessor maps texts onto, if any."""
     classes = getattr(task.postprocessor, "keywords", {}).get("label_classes")
     return tuple(classes) if classes else None
+
+
+def rank_labels(task: seqio.Task, options: EvalOptions) -> dict[str, str]:
+    """{text the model scores: prediction text} for rank classification on `task`.
+
+    Without `options.labels`, the task's classes themselves. Label texts that are not
+    the task's classes (which its postprocessor would turn into invalid predictions)
+    and verbalizers that miss a class or name one the task lacks are refused.
+    """
+    classes = label_classes(task)
+    labels = options.labels
+    where = f"EvalOptions.labels on task {task.name!r}"
+    if labels is None:
+        if not classes:
+            raise UserInputError(
+                f"EvalOptions.rank_classification: task {task.name!r} has no label_classes in "
+                "its postprocessor; bind EvalOptions.labels"
+            )
+        return {label: label for label in classes}
+    if isinstance(labels, Mapping):
+        if not classes:
+            raise UserInputError(
+                f"{where}: a mapping onto classes, but the task has no label classes; give "
+                "the texts to score as a tuple instead"
+            )
+        missing = [c for c in classes if c not in labels.values()]
+        unknown = sorted(set(labels.values()) - set(classes))
+        if missing or unknown:
+            problems = [f"no word for {missing}"] if missing else []
+            problems += [f"{unknown} not among them"] if unknown else []
+            raise UserInputError(
+                f"{where}: the mapping's classes {sorted(set(labels.values()))} are not the "
+                f"task's classes {list(classes)} ({'; '.join(problems)}); the words scored "
+                f"were {list(labels)}"
+            )
+        return dict(labels)
+    if classes and not set(labels) <= set(classes):
+        hint = ""
+        if len(labels) == len(classes):
+            hint = f", e.g. {dict(zip(labels, classes, strict=True))}"
+        raise UserInputError(
+            f"{where}: {list(labels)} are not the task's classes {list(classes)}, so its "
+            "postprocessor would mark every prediction invalid; map the words onto the "
+            f"classes with a mapping {{word: class}}{hint}"
+        )
+    return {label: label for label in labels}
 
 
 def evaluation_tasks(task_or_mixture: str, split: str) -> list[seqio.Task]:
@@ -116,22 +181,24 @@ def predict_task(
     batching: Batching,
     decoding: DecodingOptions,
     options: EvalOptions,
-) -> list[str]:
-    """Prediction texts for `examples` (read with `feature_lengths`)."""
+) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """(prediction texts, per-example extras or None) for `examples` (read with
+    `feature_lengths`). Rank classification's extras: {"rank_scores": {word: log p},
+    "label_word": the likeliest word}; its prediction is that word's class."""
     input_limit, target_length = _lengths_of(examples, feature_lengths)
     if options.rank_classification:
-        labels = options.labels or label_classes(task)
-        if not labels:
-            raise UserInputError(
-                f"EvalOptions.rank_classification: task {task.name!r} has no label_classes in "
-                "its postprocessor; bind EvalOptions.labels"
-            )
+        verbalizer = rank_labels(task, options)
+        words = list(verbalizer)
         inputs = [to_python(ex["inputs_pretokenized"]) for ex in examples]
-        predictions, _ = rank_classification(
-            params, config, vocabulary, inputs, labels, batch_size=batching.batch_size,
+        chosen, scores = rank_classification(
+            params, config, vocabulary, inputs, words, batch_size=batching.batch_size,
             max_input_length=input_limit, mesh=batching.mesh, rules=batching.rules,
         )  # fmt: skip
-        return predictions
+        extras = [
+            {"rank_scores": dict(zip(words, map(float, row), strict=True)), "label_word": word}
+            for word, row in zip(chosen, scores, strict=True)
+        ]
+        return [verbalizer[word] for word in chosen], extras
     decoding = decoding.replace(max_decode_length=target_length)
     rows = [ex["inputs"] for ex in examples]
     batches = decode_token_rows(
@@ -142,7 +209,7 @@ def predict_task(
     predictions = []
     for tokens, _, _ in _progress(batches, total, f"decoding {task.name}"):
         predictions.extend(decode_texts(vocabulary, tokens[:, 0]))
-    return predictions
+    return predictions, None
 
 
 def score_task(params, config, examples, feature_lengths, batching: Batching) -> np.ndarray:
@@ -229,7 +296,7 @@ def evaluate_task(
         metrics.update(teacher_forced_metrics(params, config, examples, feature_lengths, batching))
     if not with_decoding:
         return metrics, []
-    texts = predict_task(
+    texts, extras = predict_task(
         params, config, vocabulary, task, examples, feature_lengths=feature_lengths,
         batching=batching, decoding=decoding, options=options,
     )  # fmt: skip
@@ -237,7 +304,7 @@ def evaluate_task(
     if task.score_metric_fns:
         scores = score_task(params, config, examples, feature_lengths, batching)
     rows, targets, predictions = [], [], []
-    for example, text in zip(examples, texts, strict=True):
+    for i, (example, text) in enumerate(zip(examples, texts, strict=True)):
         target_text = to_python(example.get("targets_pretokenized", b""))
         target = task.postprocess_fn(target_text, example=example, is_target=True)
         prediction = task.postprocess_fn(text, example=example, is_target=False)
@@ -250,6 +317,7 @@ def evaluate_task(
                 "prediction": text,
                 "targets_postprocessed": to_python(target),
                 "prediction_postprocessed": to_python(prediction),
+                **(extras[i] if extras else {}),
             }
         )
     metrics.update(compute_metrics(task, targets, predictions, scores))
@@ -330,6 +398,9 @@ def evaluate(
     if task_feature_lengths is not None:
         for task in tasks:
             input_pipeline.check_feature_lengths(task, task_feature_lengths)
+    if options.rank_classification:
+        for task in tasks:
+            rank_labels(task, options)  # refuses label sets before anything is read
     found = checkpoints_to_evaluate(checkpoint_path, model_dir, all_checkpoints)
     if output_dir is None:
         if not model_dir:
