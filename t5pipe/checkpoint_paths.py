@@ -8,10 +8,11 @@ into an error (exit 2) saying what is there.
 
 What a path may be:
 
-- a t5pipe checkpoint (`state/` and `meta/`, `t5pipe.checkpoint_format`);
+- a t5pipe checkpoint (`state/` and `meta/`, `t5pipe.checkpoint_format`), whose
+  parameters are checked against their checksums as they load
+  (`t5pipe.checkpoint_integrity`), as an initial checkpoint too;
 - a MODEL_DIR (it has `checkpoints/`), or its `checkpoints/` folder: its latest
-  complete checkpoint is used, said in one line (its checksums are checked when it
-  loads, `t5pipe.checkpoint_integrity`);
+  complete checkpoint is used, said in one line;
 - a t5x checkpoint, either format (`checkpoint_<step>/`, or a t5x MODEL_DIR: its
   latest), loaded in place (`t5pipe.t5x.loading`), said in one line with "unverified";
 - anything else is an error: a path that does not exist (with its nearest existing
@@ -30,7 +31,7 @@ from typing import Any
 
 from etils import epath
 
-from t5pipe import checkpoint_format, checkpoint_manager
+from t5pipe import checkpoint_format, checkpoint_integrity, checkpoint_manager
 from t5pipe.errors import UserInputError
 
 T5PIPE, T5X = "t5pipe", "t5x"
@@ -89,12 +90,17 @@ class Checkpoint:
 
     def load_params(self, target: Any, config) -> Any:
         """The parameters `target` names, cast and placed like it (`config`: the model's,
-        which lays out a t5x checkpoint's arrays)."""
+        which lays out a t5x checkpoint's arrays). A t5pipe checkpoint's arrays are
+        checked against the checksums in its meta (`CorruptCheckpoint`, exit 2, names
+        the array; one "unverified" line when it records none); a t5x one has none
+        (`locate` said so)."""
         if self.kind == T5X:
             from t5pipe.t5x import loading
 
             return loading.load_params(self._t5x(), config, target)
-        return checkpoint_format.load_params(self.path, target)
+        params = checkpoint_format.load_params(self.path, target)
+        checkpoint_integrity.verify({"params": params}, self.meta(), self.path)
+        return params
 
     def load_initial_params(self, abstract_params, init_params, fit, config) -> Any:
         """`checkpoint_format.load_initial_params` for either kind."""

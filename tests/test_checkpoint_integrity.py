@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from testlib import command_error, train_error, tree_digest, write
+from testlib import QUICKSTART, command_error, train_error, tree_digest, write
 from train_testlib import FAST, read_metrics, train_in_process
 
 from t5pipe import checkpoint_integrity
@@ -63,6 +63,13 @@ def test_flipped_byte_falls_back_and_eval_refuses(tmp_path, capsys):
     message = command_error(
         "eval", tmp_path, f"--checkpoint={bad}", "--task=builtin_reverse_v001",
         f"--output_dir={tmp_path / 'eval'}", "--max_examples=2", capsys=capsys,
+    )  # fmt: skip
+    assert message.startswith(f"checkpoint {bad}")
+    assert "fails verification: array params/" in message or "cannot be read" in message
+    # As an initial checkpoint too: the fine-tune refuses it (and leaves it as it is).
+    message = command_error(
+        "train", bad, *QUICKSTART, *RUN, f"--gin.MODEL_DIR={tmp_path / 'finetune'}",
+        "--gin.TRAIN_STEPS_RELATIVE=1", f"--gin.INITIAL_CHECKPOINT_PATH='{bad}'", capsys=capsys,
     )  # fmt: skip
     assert message.startswith(f"checkpoint {bad}")
     assert "fails verification: array params/" in message or "cannot be read" in message
