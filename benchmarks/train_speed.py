@@ -13,6 +13,7 @@ real work and the FLOP count (t5pipe.flops) is exact.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -26,7 +27,7 @@ from benchmarks.measure import (
     peak_host_memory_bytes,
     summarize,
 )
-from t5pipe import flops, input_pipeline, optimizers, partitioning, train_state
+from t5pipe import flops, input_pipeline, lora, optimizers, partitioning, peft, train_state
 from t5pipe.model import T5, abstract_params, init_params
 from t5pipe.model_config import T5Config
 from t5pipe.train_step import init_train_state, train_step
@@ -64,13 +65,28 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
     raise ValueError(f"--optimizer={name!r}: expected 'adafactor' or 'adamw'")
 
 
-def sharded_params(config: T5Config, mesh, rules, seed: int = 0):
-    """Random parameters, created directly in their mesh placement."""
-    _, logical_specs = abstract_params(config)
-    shardings = partitioning.logical_to_sharding(logical_specs, mesh, rules)
-    init = jax.jit(lambda rng: init_params(config, rng), out_shardings=shardings)
-    with partitioning.activation_rules(mesh, rules):
-        return init(jax.random.PRNGKey(seed))
+def adapters(lora_config: lora.LoraConfig | None):
+    """The context models are traced in: LoRA adapters attached, or nothing."""
+    return lora.attach(lora_config) if lora_config is not None else contextlib.nullcontext()
+
+
+def sharded_params(config: T5Config, mesh, rules, seed: int = 0, lora_config=None):
+    """Random parameters (with LoRA adapters when `lora_config` is given), created
+    directly in their mesh placement."""
+    with adapters(lora_config):
+        _, logical_specs = abstract_params(config)
+        shardings = partitioning.logical_to_sharding(logical_specs, mesh, rules)
+        init = jax.jit(lambda rng: init_params(config, rng), out_shardings=shardings)
+        with partitioning.activation_rules(mesh, rules):
+            return init(jax.random.PRNGKey(seed))
+
+
+def tree_size(tree) -> int:
+    return int(sum(leaf.size for leaf in jax.tree.leaves(tree)))
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)))
 
 
 def measure_train_step(
@@ -87,15 +103,25 @@ def measure_train_step(
     mesh,
     rules,
     peak_flops: float,
+    lora_config: lora.LoraConfig | None = None,
 ) -> dict:
     """Times `steps` training steps after `warmup` (the first of which compiles).
 
     -> step time (median), tokens/second (input + target tokens), target tokens/second,
     examples/second, MFU against `peak_flops` (FLOP/s of all the devices used), compile
-    time, compilations, peak memory.
+    time, compilations, peak memory, trainable parameters, state and optimizer-state bytes.
+
+    With `lora_config`, `params` must hold its adapters (`sharded_params(...,
+    lora_config=...)`): only they train, as `t5pipe.train` trains them (the base frozen
+    by `peft.freeze_except`, the step traced under `lora.attach`); FLOPs and MFU still
+    count the base model's training step.
     """
     model = T5(config)
     optimizer = make_optimizer(optimizer_name, learning_rate)
+    trainable = None
+    if lora_config is not None:
+        trainable = lora.TRAINABLE
+        optimizer = peft.freeze_except(optimizer, params, trainable)
     step_fn = functools.partial(
         train_step,
         model=model,
@@ -106,12 +132,15 @@ def measure_train_step(
     def t5pipe_train_step(state, batch):
         return step_fn(state, batch)
 
+    if lora_config is not None:
+        t5pipe_train_step = lora.with_lora(t5pipe_train_step, lora_config)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     host_batches = [
         random_batch(config, batch_size, input_length, target_length, seed) for seed in range(4)
     ]
     # The trainer's placement: optimizer leaves shaped like a parameter follow it.
-    state_shardings = train_state.state_layout(config, optimizer, 0, mesh, rules).shardings
+    with adapters(lora_config):
+        state_shardings = train_state.state_layout(config, optimizer, 0, mesh, rules).shardings
     with partitioning.activation_rules(mesh, rules):
         state = jax.jit(
             lambda p: init_train_state(p, optimizer, seed=0), out_shardings=state_shardings
@@ -140,6 +169,14 @@ def measure_train_step(
             "(expected exactly once: something in the state or batch changes shape, dtype, "
             "sharding or weak type between steps)"
         )
+    labels = peft.trainable_labels(state["params"], trainable or ".")
+    trained = [x for x, label in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(labels),
+                                     strict=True) if label == peft.TRAIN]  # fmt: skip
+    memory = {
+        "trainable_parameters": int(sum(x.size for x in trained)),
+        "state_bytes": tree_bytes(state),
+        "optimizer_state_bytes": tree_bytes(state["opt_state"]),
+    }
     del state
     timed = times[warmup:]
     step_s = summarize(timed)["median_s"]
@@ -160,4 +197,5 @@ def measure_train_step(
         "final_loss": loss,
         "peak_device_memory_bytes": peak_device_memory_bytes(),
         "peak_host_memory_bytes": peak_host_memory_bytes(),
+        **memory,
     }

@@ -87,3 +87,26 @@ def test_harness_writes_every_figure_and_the_step_compiles_once(tmp_path, data_d
     for figures in report["data"].values():
         assert figures["examples_per_second"] > 0
     assert set(model["data_vs_training"]) == {"glue", "span_corruption"}
+
+
+def test_lora_speed_trains_only_the_adapters_and_compiles_once():
+    from benchmarks import lora_speed
+
+    common = [arg for field in TINY for arg in ("--config", field)]
+    common += ["--batch_size", "4", "--input_length", "16", "--target_length", "8",
+               "--steps", "2", "--warmup", "1", "--rank", "8", "--out", "unused.json"]  # fmt: skip
+    figures = {}
+    for mode in ("full", "lora"):
+        args = lora_speed.parse_args([*common, "--mode", mode])
+        args.rules = "standard"
+        figures[mode] = lora_speed.measure(args)  # raises if the step compiles twice
+    full, adapted = figures["full"], figures["lora"]
+    assert full["compilations"] == adapted["compilations"] == 1
+    assert full["trainable_parameters"] == full["parameters"]
+    # Query and value of 6 attentions (2 encoder self, 2 decoder self, 2 cross):
+    # A [32, 8] and B [8, 4 x 8] each.
+    assert adapted["trainable_parameters"] == 12 * (32 * 8 + 8 * 32)
+    assert adapted["parameters"] == full["parameters"] + adapted["trainable_parameters"]
+    # The frozen base carries no optimizer state: only the adapters' factored moments.
+    assert 0 < adapted["optimizer_state_bytes"] < full["optimizer_state_bytes"] / 5
+    assert adapted["final_loss"] > 0 and len(adapted["step_time"]["samples_s"]) == 2
