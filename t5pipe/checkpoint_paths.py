@@ -10,7 +10,9 @@ What a path may be:
 
 - a t5pipe checkpoint (`state/` and `meta/`, `t5pipe.checkpoint_format`), whose
   parameters are checked against their checksums as they load
-  (`t5pipe.checkpoint_integrity`), as an initial checkpoint too;
+  (`t5pipe.checkpoint_integrity`), as an initial checkpoint too; one of a LoRA run
+  (its meta records `lora`) loads for a model without adapters with them merged into
+  the kernels, so eval, infer and api score the adapted model;
 - a MODEL_DIR (it has `checkpoints/`), or its `checkpoints/` folder: its latest
   complete checkpoint is used, said in one line;
 - a t5x checkpoint, either format (`checkpoint_<step>/`, or a t5x MODEL_DIR: its
@@ -29,9 +31,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 from etils import epath
 
-from t5pipe import checkpoint_format, checkpoint_integrity, checkpoint_manager
+from t5pipe import checkpoint_format, checkpoint_integrity, checkpoint_manager, lora
 from t5pipe.errors import UserInputError
 
 T5PIPE, T5X = "t5pipe", "t5x"
@@ -98,9 +101,31 @@ class Checkpoint:
             from t5pipe.t5x import loading
 
             return loading.load_params(self._t5x(), config, target)
+        meta = self.meta()
         params = checkpoint_format.load_params(self.path, target)
-        checkpoint_integrity.verify({"params": params}, self.meta(), self.path)
+        checkpoint_integrity.verify({"params": params}, meta, self.path)
+        lora_config = (meta or {}).get("lora")
+        if lora_config and target is not None and not lora.split_adapter(target)[1]:
+            params = self._merge_stored_adapter(params, lora.LoraConfig(**lora_config), meta)
         return params
+
+    def _merge_stored_adapter(self, params, lora_config, meta) -> Any:
+        """`params` with the LoRA adapters the checkpoint holds merged into their kernels,
+        each leaf placed as it was loaded."""
+        stored = checkpoint_format.stored_param_shapes(self.path)
+        wanted = {
+            name: jax.ShapeDtypeStruct(shape, "float32")
+            for name, shape in stored.items()
+            if re.search(lora.TRAINABLE, name)
+        }
+        adapter = checkpoint_format.load_params(self.path, lora.unflatten(wanted))
+        checkpoint_integrity.verify({"params": adapter}, meta, self.path)
+        merged = lora.merge(params, adapter, lora_config)
+        return jax.tree.map(
+            lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new,
+            merged,
+            params,
+        )
 
     def load_initial_params(self, abstract_params, init_params, fit, config) -> Any:
         """`checkpoint_format.load_initial_params` for either kind."""

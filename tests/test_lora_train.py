@@ -10,9 +10,10 @@ from hf_testlib import hf_model
 from testlib import shared_data_dir, tiny_config
 from train_testlib import FAST, read_metrics, train_in_process
 
-from t5pipe import checkpoint_manager, lora, pytrees
+from t5pipe import checkpoint_manager, checkpoint_paths, lora, pytrees
 from t5pipe.checkpoint_format import load_params, read_meta, stored_param_shapes
 from t5pipe.hf.convert import import_hf
+from t5pipe.model import abstract_params
 
 os.environ.setdefault("T5PIPE_GLUE_DIR", str(shared_data_dir() / "glue"))
 os.environ.setdefault("T5PIPE_VOCAB", str(shared_data_dir() / "vocab" / "t5_spiece.model"))
@@ -80,3 +81,15 @@ def test_lora_fine_tune_trains_only_the_adapters(tmp_path, spm_path):
     assert adapter_bytes < 64_000
 
     assert len(read_metrics(run)) == 10
+
+    # Eval, infer and api load the checkpoint for a model without adapters: merged.
+    checkpoint = checkpoint_paths.locate(latest)
+    config, _ = checkpoint.model_and_vocabulary()
+    loaded = checkpoint.load_params(abstract_params(config)[0], config)
+    merged = lora.merge(base, adapter, lora.LoraConfig(**read_meta(latest)["lora"]))
+    loaded, merged = pytrees.flatten(jax.device_get(loaded)), pytrees.flatten(merged)
+    assert loaded.keys() == merged.keys() == imported.keys()
+    for name, value in merged.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+    query = "encoder/layers_0/attention/query"
+    assert np.abs(loaded[query] - imported[query]).max() > 0
