@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import optax
 
 from t5pipe.errors import UserInputError
-from t5pipe.losses import NORMALIZING_MODES, cross_entropy_with_z_loss, normalizing_weights
+from t5pipe.losses import (
+    AVERAGE_PER_SEQUENCE,
+    NORMALIZING_MODES,
+    cross_entropy_with_z_loss,
+    normalizing_weights,
+)
 
 TrainState = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -132,22 +137,28 @@ def with_start_token(batch: Batch, start_token_id: int) -> jax.Array:
     return jnp.where(first, jnp.asarray(start_token_id, tokens.dtype), tokens)
 
 
-def microbatch_loss(params, batch: Batch, factor, dropout_rng, *, model, z_loss, smoothing):
+def microbatch_loss(
+    params, batch: Batch, factor, dropout_rng, *, model, z_loss, smoothing, per_sequence=False
+):
     """Loss of one microbatch, already divided by the whole batch's normalising factor.
 
-    `batch["weights"]` holds the normalising token weights.
-    -> (loss [], (z_loss [], correct-token weight [], real-token count [])).
+    `batch["weights"]` holds the normalising token weights; per_sequence: they are not
+    the real tokens' 0/1 weights (AVERAGE_PER_SEQUENCE), so the per-token sum and the
+    correct tokens are summed again with those (XLA shares the token losses).
+    -> (loss [], (z_loss [], correct-token weight [], real-token count [],
+        summed loss of the real tokens [])).
     """
     logits = logits_for(model, params, batch, dropout_rng)
-    total, z_total, correct = cross_entropy_with_z_loss(
-        logits,
-        batch["decoder_target_tokens"],
-        batch["weights"],
-        z_loss=z_loss,
-        label_smoothing=smoothing,
+    targets = batch["decoder_target_tokens"]
+    losses = functools.partial(
+        cross_entropy_with_z_loss, logits, targets, z_loss=z_loss, label_smoothing=smoothing
     )
-    num_tokens = jnp.sum(batch["decoder_loss_weights"] > 0).astype(jnp.float32)
-    return total / factor, (z_total / factor, correct, num_tokens)
+    total, z_total, correct = losses(batch["weights"])
+    real = (batch["decoder_loss_weights"] > 0).astype(jnp.float32)
+    token_total = total
+    if per_sequence:  # the weights are 1 / length, not the real tokens' 0/1
+        token_total, _, correct = losses(real)
+    return total / factor, (z_total / factor, correct, jnp.sum(real), token_total)
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
@@ -195,12 +206,15 @@ def train_step(
     )
     batch = {**batch, "weights": weights}
     loss_fn = functools.partial(
-        microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing
-    )
+        microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing,
+        per_sequence=loss_normalizing_factor == AVERAGE_PER_SEQUENCE,
+    )  # fmt: skip
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     if num_microbatches <= 1:
-        (loss, (z_total, correct, num_tokens)), grads = grad_fn(params, batch, factor, dropout_rng)
+        (loss, (z_total, correct, num_tokens, token_total)), grads = grad_fn(
+            params, batch, factor, dropout_rng
+        )
     else:
         micro = _split_microbatches(batch, num_microbatches)
 
@@ -214,9 +228,9 @@ def train_step(
             return (grads_sum, sums), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        init = (zeros, tuple(jnp.zeros((), jnp.float32) for _ in range(4)))
+        init = (zeros, tuple(jnp.zeros((), jnp.float32) for _ in range(5)))
         indices = jnp.arange(num_microbatches)
-        (grads, (loss, z_total, correct, num_tokens)), _ = jax.lax.scan(
+        (grads, (loss, z_total, correct, num_tokens, token_total)), _ = jax.lax.scan(
             accumulate, init, (indices, micro)
         )
 
@@ -237,7 +251,7 @@ def train_step(
         "loss": loss,
         # t5x's `loss` is summed over target tokens (unless LOSS_NORMALIZING_FACTOR
         # divides it); the per-token mean reads the same whatever the batch holds.
-        "loss_per_token": loss * factor / jnp.maximum(num_tokens, 1.0),
+        "loss_per_token": token_total / jnp.maximum(num_tokens, 1.0),
         "z_loss": z_total,
         "accuracy": correct / jnp.maximum(num_tokens, 1.0),
         "num_target_tokens": num_tokens,

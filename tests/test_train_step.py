@@ -52,7 +52,8 @@ def test_microbatching_equals_full_batch(normalizer):
         state, metrics = step(make_state(config, optimizer), batch)
         results[microbatches] = (state, metrics)
     (full_state, full_metrics), (micro_state, micro_metrics) = results[1], results[4]
-    for name in ("loss", "z_loss", "accuracy", "grad_norm", "num_target_tokens"):
+    names = ("loss", "loss_per_token", "z_loss", "accuracy", "grad_norm", "num_target_tokens")
+    for name in names:
         np.testing.assert_allclose(micro_metrics[name], full_metrics[name], rtol=2e-5, err_msg=name)
     # One identical update: the new parameters agree to float rounding.
     jax.tree.map(
@@ -60,6 +61,25 @@ def test_microbatching_equals_full_batch(normalizer):
         micro_state["params"],
         full_state["params"],
     )
+
+
+def test_loss_per_token_and_accuracy_do_not_depend_on_the_normalizer():
+    """Per real target token, whatever LOSS_NORMALIZING_FACTOR weighs the gradient with
+    (AVERAGE_PER_SEQUENCE's weights are 1 / length): the same state, the same batch."""
+    config = tiny_config()
+    schedule = constant_schedule(1e-2)
+    optimizer = adafactor(learning_rate=schedule)
+    batch = fixed_batch(batch=8, vocab=config.vocab_size, pad_from=[8, 3, 6, 8, 5, 8, 2, 7])
+    found = {}
+    for normalizer in (None, "NUM_REAL_TARGET_TOKENS", "AVERAGE_PER_SEQUENCE", 37.0):
+        step = jitted_step(T5(config), optimizer, schedule, loss_normalizing_factor=normalizer)
+        _, metrics = step(make_state(config, optimizer), batch)
+        found[normalizer] = (float(metrics["loss_per_token"]), float(metrics["accuracy"]))
+    summed = found[None][0] * float(np.sum(np.asarray(batch["decoder_loss_weights"]) > 0))
+    assert summed > found[None][0]  # a mean over several tokens
+    for normalizer, (per_token, accuracy) in found.items():
+        np.testing.assert_allclose(per_token, found[None][0], rtol=1e-6, err_msg=str(normalizer))
+        np.testing.assert_allclose(accuracy, found[None][1], rtol=1e-6, err_msg=str(normalizer))
 
 
 def test_nonfinite_loss_leaves_state_unchanged_and_counts(monkeypatch):
