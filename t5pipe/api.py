@@ -6,6 +6,10 @@ model.predict(["translate English to German: Hello"])            # -> ["Hallo"]
 model.predict(texts, method="beam", num_beams=4, num_decodes=2)  # -> [[best, second], ...]
 model.score(["question: ..."], ["an answer"])                    # -> log-likelihoods
 model.classify(["rte sentence1: ... sentence2: ..."], ["entailment", "not_entailment"])
+
+Several LoRA adapters on one base (each merged copy repeats only the adapted kernels):
+tuned = {path: model.with_adapter(path) for path in ["runs/a/adapter", "peft_folder"]}
+tuned["runs/a/adapter"].predict(texts)       # adapter a's outputs; `model` stays the base
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import seqio
 from jax.sharding import Mesh
 
-from t5pipe import partitioning
+from t5pipe import adapters, partitioning
 from t5pipe.decoding import DecodingOptions
 from t5pipe.inference import load_for_inference, predict_texts
 from t5pipe.model_config import T5Config
@@ -38,6 +42,17 @@ class LoadedModel:
     rules: tuple
     batch_size: int = 32
     max_input_length: int = 512
+    adapter: str | None = None  # the adapter merged in by `with_adapter`, as given
+
+    def with_adapter(self, path: str | Path) -> LoadedModel:
+        """This model with a LoRA adapter merged in: a t5pipe adapter folder (a LoRA
+        run's MODEL_DIR/adapter), a Hugging Face PEFT folder or a LoRA run's checkpoint
+        (`t5pipe.adapters`). The base (`self`) is unchanged; an adapter made for another
+        model shape is a UserInputError naming its file."""
+        adapter = adapters.read_adapter(path, self.config)
+        return dataclasses.replace(
+            self, params=adapters.merged(self.params, adapter), adapter=adapter.name
+        )
 
     def predict(
         self, inputs: Sequence[str], *, seed: int = 0, with_scores: bool = False, **options

@@ -29,11 +29,17 @@ import jax
 import numpy as np
 import seqio
 
-from t5pipe import checkpoint_integrity, checkpoint_paths, partitioning, vocabularies
+from t5pipe import (
+    adapters,
+    checkpoint_integrity,
+    checkpoint_paths,
+    lora,
+    partitioning,
+    vocabularies,
+)
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
 from t5pipe.model_config import T5Config
-from t5pipe.models import abstract_params
 from t5pipe.scoring import bucket_length, encode_texts, pad_batch
 
 
@@ -43,14 +49,16 @@ def load_for_inference(
     """(params placed on `mesh`, config, vocabulary) from a checkpoint: any path
     `checkpoint_paths.locate` takes (a t5pipe or t5x checkpoint, a MODEL_DIR).
 
-    Training-only settings (dropout, remat) are switched off. A t5pipe checkpoint's
+    Training-only settings (dropout, remat) are switched off. A LoRA run's checkpoint
+    comes with its adapters merged into the kernels. A t5pipe checkpoint's
     parameters are checked against its checksums (`CorruptCheckpoint`, exit 2, names the
     array).
     """
     checkpoint = checkpoint_paths.locate(path, "--checkpoint")
     config, vocabulary = checkpoint.model_and_vocabulary()
     config = config.replace(dropout_rate=0.0, remat_policy="none")
-    shapes, specs = abstract_params(config)
+    lora_config = adapters.checkpoint_lora(checkpoint.meta())  # t5x ones: meta None
+    shapes, specs = adapters.abstract_with_adapter(config, lora_config)
     target = partitioning.sharded_abstract(shapes, specs, mesh, rules)
     try:
         params = checkpoint.load_params(target, config)
@@ -58,6 +66,9 @@ def load_for_inference(
         raise
     except Exception as error:  # noqa: BLE001 - TensorStore/orbax: the files are damaged
         raise checkpoint_integrity.unreadable(checkpoint.path, error) from None
+    if lora_config is not None:  # a LoRA run's checkpoint serves with its adapters merged
+        base, tree = lora.split_adapter(params)
+        params = lora.merge(base, tree, lora_config)
     return params, config, vocabulary
 
 
@@ -212,11 +223,17 @@ def infer(
     max_input_length: int = 512,
     seed: int = 0,
     mixture_or_task_module: str | None = None,
+    adapter_paths: Sequence[str] = (),
     *,
     decoding: DecodingOptions,
 ) -> int:
     """Decodes every input (file, stdin or task split) with `decoding` and writes JSONL;
-    returns the count."""
+    returns the count of lines written.
+
+    `adapter_paths` (`--adapter`, repeatable): LoRA adapters (`t5pipe.adapters` sources)
+    each merged onto the one loaded base; every input is decoded once per adapter, its
+    lines one after another in the order given, each with "adapter": the path as given.
+    """
     from t5pipe.input_pipeline import import_task_modules
 
     import_task_modules(mixture_or_task_module, "MIXTURE_OR_TASK_MODULE")
@@ -231,30 +248,47 @@ def infer(
         records = _text_inputs(None)  # stdin streams
     else:
         records = list(_text_inputs(input_file))  # read (and checked) before decoding
+    # Adapters are read (and checked against the model) before the base is loaded.
+    model_config = checkpoint.model_and_vocabulary()[0]
+    read = [adapters.read_adapter(path, model_config) for path in adapter_paths]
     mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
     params, config, vocabulary = load_for_inference(checkpoint, mesh, rules)
+    # One parameter set per adapter (each merged copy repeats only the adapted kernels).
+    variants = [(a.name, adapters.merged(params, a)) for a in read] or [(None, params)]
     # Written beside the output and renamed at the end: the output (or anything at its
     # path) is replaced only by a complete result; a crash leaves the partial file.
     out, partial = (sys.stdout, None) if output_file in (None, "-") else _open_partial(output_file)
     rng, count = jax.random.PRNGKey(seed), 0
     try:
         for chunk in _chunks(records, batch_size):
-            rng, key = jax.random.split(rng)
-            decodes = predict_texts(
-                params, config, vocabulary, [r["inputs"] for r in chunk], decoding,
-                batch_size=batch_size, max_input_length=max_input_length, mesh=mesh,
-                rules=rules, rng=key,
-            )  # fmt: skip
+            rng, key = jax.random.split(rng)  # the same key for every adapter
+            results = [
+                predict_texts(
+                    variant,
+                    config,
+                    vocabulary,
+                    [r["inputs"] for r in chunk],
+                    decoding,
+                    batch_size=batch_size,
+                    max_input_length=max_input_length,
+                    mesh=mesh,
+                    rules=rules,
+                    rng=key,
+                )  # fmt: skip
+                for _, variant in variants
+            ]
             if jax.process_index() == 0:
-                for record, record_decodes in zip(chunk, decodes, strict=True):
-                    line = {
-                        **record,
-                        "prediction": record_decodes[0]["text"],
-                        "decodes": record_decodes,
-                    }
-                    out.write(json.dumps(_finite(line), ensure_ascii=False) + "\n")
+                for i, record in enumerate(chunk):
+                    for (name, _), decodes in zip(variants, results, strict=True):
+                        line = {
+                            **({"adapter": name} if name is not None else {}),
+                            **record,
+                            "prediction": decodes[i][0]["text"],
+                            "decodes": decodes[i],
+                        }
+                        out.write(json.dumps(_finite(line), ensure_ascii=False) + "\n")
                 out.flush()
-            count += len(chunk)
+            count += len(chunk) * len(variants)
     finally:
         if partial is not None:
             out.close()

@@ -2,6 +2,7 @@
 t5pipe's shapes, their weights, and batches with padding and mixed lengths."""
 
 import numpy as np
+import seqio
 import torch
 import transformers
 from testlib import tiny_config
@@ -73,3 +74,17 @@ def hf_logits(hf, enc, enc_mask, dec_in) -> np.ndarray:
             decoder_input_ids=torch.tensor(dec_in),
         )
     return out.logits.numpy()
+
+
+def hf_log_likelihood(hf, inputs, targets):
+    """transformers' log p(target + EOS | input) per pair of byte-vocabulary texts."""
+    vocabulary = seqio.ByteVocabulary()
+    scores = []
+    for text, target in zip(inputs, targets, strict=True):
+        ids = torch.tensor([[*vocabulary.encode(text), 1]])
+        labels = torch.tensor([[*vocabulary.encode(target), 1]])
+        with torch.no_grad():
+            logits = hf(input_ids=ids, labels=labels).logits
+        log_probs = torch.log_softmax(logits.double(), -1)
+        scores.append(torch.gather(log_probs, -1, labels[..., None]).sum().item())
+    return np.asarray(scores)

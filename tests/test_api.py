@@ -2,24 +2,10 @@
 
 import numpy as np
 import pytest
-import seqio
-import torch
+from hf_testlib import hf_log_likelihood
 from testlib import INPUTS, hf_greedy_texts
 
 from t5pipe import api
-
-
-def hf_log_likelihood(hf, inputs, targets):
-    vocabulary = seqio.ByteVocabulary()
-    scores = []
-    for text, target in zip(inputs, targets, strict=True):
-        ids = torch.tensor([[*vocabulary.encode(text), 1]])
-        labels = torch.tensor([[*vocabulary.encode(target), 1]])
-        with torch.no_grad():
-            logits = hf(input_ids=ids, labels=labels).logits
-        log_probs = torch.log_softmax(logits.double(), -1)
-        scores.append(torch.gather(log_probs, -1, labels[..., None]).sum().item())
-    return np.asarray(scores)
 
 
 def test_load_predict_score_classify(byte_checkpoint):

@@ -4,12 +4,14 @@ t5pipe checkpoints.
     t5pipe convert --from_hf DIR --out CKPT [--scan_layers] [--dtype bfloat16]
                    [--vocab byte|SPM_FILE] [--extra_ids N] [--overwrite]
     t5pipe convert --to_hf --checkpoint CKPT --out DIR [--dtype float32|bfloat16|float16]
-                   [--overwrite]
+                   [--overwrite]                  (a LoRA run's CKPT: adapters merged)
+    t5pipe convert --to_hf --adapter_only --checkpoint LORA_CKPT --out DIR [--overwrite]
+    t5pipe convert --from_hf_adapter PEFT_DIR --checkpoint BASE_CKPT --out ADAPTER_DIR
     t5pipe convert --from_t5x DIR --out CKPT [--gin_file MODEL.gin] [--vocab SPM|byte]
     t5pipe convert --to_t5x --checkpoint CKPT --out DIR [--overwrite]
 
-The conversions themselves are `t5pipe.hf.convert` and `t5pipe.t5x.importing`; the last
-line on stdout is the path written.
+The conversions themselves are `t5pipe.hf.convert`, `t5pipe.hf.peft` (adapters) and
+`t5pipe.t5x.importing`; the last line on stdout is the path written.
 """
 
 from __future__ import annotations
@@ -33,9 +35,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--from_t5x", metavar="DIR", help="t5x checkpoint_<step> folder (or MODEL_DIR) to import"
     )
     direction.add_argument(
+        "--from_hf_adapter",
+        metavar="DIR",
+        help="Hugging Face PEFT LoRA folder to import as a t5pipe adapter folder (--out) for "
+        "the base --checkpoint",
+    )
+    direction.add_argument(
         "--to_t5x", action="store_true", help="export --checkpoint to --out in the T5X format"
     )
-    parser.add_argument("--checkpoint", metavar="CKPT", help="t5pipe checkpoint to export")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        help="t5pipe checkpoint to export (--from_hf_adapter: the base model)",
+    )
+    parser.add_argument(
+        "--adapter_only",
+        action="store_true",
+        help="--to_hf of a LoRA run's checkpoint: only its adapters, as a PEFT folder",
+    )
     parser.add_argument("--out", required=True, help="checkpoint (import) or folder (export)")
     parser.add_argument(
         "--scan_layers", action="store_true", help="import: store layers stacked for scan"
@@ -63,18 +80,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     export = args.to_hf or args.to_t5x
     if export and not args.checkpoint:
         parser.error(f"--{'to_hf' if args.to_hf else 'to_t5x'} needs --checkpoint CKPT")
-    if not export and args.checkpoint:
+    if args.from_hf_adapter and not args.checkpoint:
+        parser.error("--from_hf_adapter needs --checkpoint BASE_CKPT (the model it adapts)")
+    if not export and args.checkpoint and not args.from_hf_adapter:
         parser.error("--checkpoint goes with --to_hf / --to_t5x; an import reads DIR")
+    if args.adapter_only and not args.to_hf:
+        parser.error("--adapter_only goes with --to_hf")
+    if args.adapter_only and args.dtype:
+        parser.error("--adapter_only writes float32 adapters; drop --dtype")
     if args.from_t5x and (args.dtype or args.extra_ids is not None):
         parser.error("--dtype and --extra_ids apply to --from_hf and --to_hf")
     if args.from_t5x and (args.gin_bindings or args.gin_dot_bindings):
         parser.error("--from_t5x takes the model from --gin_file (or the run's config.gin)")
-    if export:
-        for flag in ("scan_layers", "vocab", "extra_ids", "gin_file", "gin_bindings"):
+    if export or args.from_hf_adapter:
+        model_flags = ("scan_layers", "vocab", "extra_ids", "gin_file", "gin_bindings")
+        for flag in model_flags + (("dtype",) if args.from_hf_adapter else ()):
             if getattr(args, flag) not in (None, False, []):
-                parser.error(f"--{flag} applies to imports only")
+                parser.error(f"--{flag} applies to --from_hf / --from_t5x imports only")
         if args.gin_dot_bindings:
-            parser.error("--gin.NAME=VALUE flags apply to imports only")
+            parser.error("--gin.NAME=VALUE flags apply to --from_hf / --from_t5x imports only")
     if args.extra_ids is not None and args.extra_ids < 0:
         parser.error(f"--extra_ids must be >= 0, got {args.extra_ids}")
     return args
@@ -87,7 +111,16 @@ def main(argv: list[str]) -> int:
         return 0
     from t5pipe.hf.convert import export_hf, import_hf
 
-    if args.to_hf:
+    if args.adapter_only or args.from_hf_adapter:
+        from t5pipe.hf import peft
+
+        if args.adapter_only:
+            out = peft.export_adapter(args.checkpoint, args.out, args.overwrite)
+        else:
+            out = peft.import_adapter(
+                args.from_hf_adapter, args.checkpoint, args.out, args.overwrite
+            )
+    elif args.to_hf:
         out = export_hf(args.checkpoint, args.out, args.dtype or "float32", args.overwrite)
     else:
         out = import_hf(

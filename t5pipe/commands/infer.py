@@ -10,6 +10,8 @@ line i of the output). Each output line:
     {"inputs": ..., "prediction": best decode (text),
      "decodes": [{"text", "score", "log_prob"}, ...] best first}
 plus "targets" for task splits. Without --output_file, lines go to stdout.
+With --adapter DIR (repeatable), each input gives one line per adapter, in the order
+given, each with "adapter": DIR.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ FLAGS = {
     "split": "--split",
     "max_examples": "--max_examples",
     "batch_size": "--batch_size",
+    "adapter_paths": "--adapter",
 }
 
 
@@ -45,6 +48,14 @@ def main(argv: list[str]) -> int:
         help="import to register tasks (repeatable; the current folder is searched last)",
     )
     parser.add_argument("--batch_size", type=int, help="inputs per decoding batch")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        metavar="DIR",
+        help="LoRA adapter merged onto the checkpoint (repeatable: each input is decoded once "
+        "per adapter, lines marked 'adapter'): a t5pipe adapter folder, a Hugging Face PEFT "
+        "folder or a LoRA run's checkpoint",
+    )
     gin_setup.add_gin_flags(parser)
     distributed.add_distributed_flags(parser)
     parser.add_argument(
@@ -67,6 +78,7 @@ def main(argv: list[str]) -> int:
         "split": args.split,
         "max_examples": args.max_examples,
         "batch_size": args.batch_size,
+        "adapter_paths": tuple(args.adapter) if args.adapter else None,
         "decoding": DecodingOptions(),
     }
     if args.dry_run:
@@ -77,5 +89,6 @@ def main(argv: list[str]) -> int:
         return 0
     count = gin_setup.call(infer, "infer", explicit, FLAGS)
     where = f" into {args.output_file}" if args.output_file else ""
-    print(f"decoded {count} inputs{where}", file=sys.stderr)
+    times = f" ({len(args.adapter)} adapters, one line each)" if args.adapter else ""
+    print(f"decoded {count // len(args.adapter or [None])} inputs{times}{where}", file=sys.stderr)
     return 0

@@ -25,9 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from t5pipe import checkpoint_format, pytrees
+from t5pipe import adapters, checkpoint_format, lora, pytrees
 from t5pipe.checkpoint_format import RUNTIME_FIELDS
 from t5pipe.hf import t5 as t5_mapping
 from t5pipe.hf import tensor_io
@@ -329,8 +330,9 @@ def _check_export_target(out: Path, overwrite: bool) -> None:
 def export_hf(
     checkpoint: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False
 ) -> Path:
-    """Writes a Hugging Face folder of the checkpoint's family at `out`; returns `out`."""
-    from t5pipe.models import abstract_params
+    """Writes a Hugging Face folder of the checkpoint's family at `out`; returns `out`.
+    A LoRA run's checkpoint is written with its adapters merged (`--adapter_only`:
+    `t5pipe.hf.peft.export_adapter`)."""
 
     checkpoint, out = _local_path(checkpoint, "--checkpoint"), _local_path(out, "--out")
     if not checkpoint.exists():
@@ -350,8 +352,12 @@ def export_hf(
     files = tokenizer_files(meta["vocabulary"], config)
 
     say(f"reading parameters from {checkpoint}")
-    shapes, _ = abstract_params(config)
+    lora_config = adapters.checkpoint_lora(meta)
+    shapes, _ = adapters.abstract_with_adapter(config, lora_config)
     params = checkpoint_format.load_params(checkpoint, shapes)
+    if lora_config is not None:  # what PEFT's merge_and_unload() leaves: W + scale B A
+        say(f"merging the LoRA adapters (rank {lora_config.rank}) into the kernels")
+        params = jax.device_get(lora.merge(*lora.split_adapter(params), lora_config))
     if config.scan_layers:
         for stack, depth in family.layer_counts(config).items():
             params[stack] = pytrees.unstack_layers(params[stack], depth)  # views, no copies

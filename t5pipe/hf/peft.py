@@ -305,3 +305,55 @@ def load_peft_adapter(
     if model_config.scan_layers:
         adapter = _scanned(adapter, model_config)
     return adapter, lora_config
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def _check_target(out: Path, files: tuple[str, ...], overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} exists and is not a directory")
+    present = sorted(name for name in files if (out / name).exists())
+    if present and not overwrite:
+        raise UserInputError(
+            f"--out {out} already holds {present}; pass --overwrite to replace those files"
+        )
+
+
+def export_adapter(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """`t5pipe convert --to_hf --adapter_only`: the adapters of a LoRA run's checkpoint
+    (or its MODEL_DIR's latest) as a PEFT folder at `out`; returns `out`."""
+    from t5pipe import adapters, checkpoint_paths
+
+    found = checkpoint_paths.locate(checkpoint, "--checkpoint")
+    model_config = found.model_and_vocabulary()[0]
+    if found.kind != checkpoint_paths.T5PIPE or not isinstance(model_config, T5Config):
+        raise UserInputError(
+            f"--checkpoint {found.path}: --adapter_only writes Hugging Face PEFT folders for "
+            f"t5pipe T5 checkpoints trained with LoRA; this is a {found.kind} "
+            f"{type(model_config).__name__} checkpoint"
+        )
+    tree, lora_config = adapters.checkpoint_adapter(found.path)
+    out = resolve_path(out)
+    _check_target(out, (CONFIG_FILE, WEIGHTS_FILE), overwrite)
+    return save_peft_adapter(out, tree, lora_config, model_config)
+
+
+def import_adapter(
+    peft_dir: str | Path, base_checkpoint: str | Path, out: str | Path, overwrite: bool = False
+) -> Path:
+    """`t5pipe convert --from_hf_adapter DIR --checkpoint BASE --out OUT`: a PEFT LoRA
+    folder as a t5pipe adapter folder (`t5pipe.lora.save_adapter`) in the layout of the
+    base checkpoint's model, checked against its kernels; returns `out`."""
+    from t5pipe import adapters, checkpoint_paths
+
+    peft_dir = resolve_path(peft_dir)
+    if not (peft_dir / CONFIG_FILE).exists():
+        raise UserInputError(
+            f"--from_hf_adapter {peft_dir} is not a Hugging Face PEFT folder: no {CONFIG_FILE}"
+        )
+    base = checkpoint_paths.locate(base_checkpoint, "--checkpoint")
+    adapter = adapters.read_adapter(peft_dir, base.model_and_vocabulary()[0])
+    out = resolve_path(out)
+    _check_target(out, (lora.ADAPTER_FILE, lora.CONFIG_FILE), overwrite)
+    return lora.save_adapter(out, adapter.tree, adapter.config)
