@@ -1,4 +1,5 @@
-"""The same work in Hugging Face transformers (PyTorch, float32 on CPU), for the ratios.
+"""The same work in Hugging Face transformers (PyTorch on CPU: float32, or bfloat16
+under torch.autocast), for the ratios.
 
 The PyTorch model gets t5pipe's parameters (through `t5pipe.hf.t5`), so both
 sides run the same network on the same batches:
@@ -19,6 +20,7 @@ threads on 2 cores many times slower than 1 thread (measure on a quiet machine).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -88,9 +90,12 @@ def measure_hf_train_step(
     learning_rate: float,
     steps: int,
     warmup: int,
+    autocast: bool = False,
 ) -> dict:
     """Times `steps` training steps after `warmup`, on t5pipe's host batches
-    (encoder_input_tokens, decoder_target_tokens: all tokens real, no padding)."""
+    (encoder_input_tokens, decoder_target_tokens: all tokens real, no padding). With
+    `autocast` the forward runs under torch.autocast("cpu", bfloat16) (the backward
+    follows the forward's dtypes, as autocast prescribes)."""
     import torch
 
     model.train()
@@ -101,7 +106,10 @@ def measure_hf_train_step(
         start = time.perf_counter()
         input_ids = torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64))
         labels = torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))
-        loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
+        with _autocast(autocast):
+            loss = model(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels
+            )
         loss.loss.backward()
         if optimizer_name == "adamw":
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -122,10 +130,26 @@ def measure_hf_train_step(
     }
 
 
+def _autocast(enabled: bool):
+    """torch.autocast("cpu", bfloat16) when enabled, else nothing."""
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def measure_hf_generate(
-    model, inputs: np.ndarray, *, num_beams: int, max_decode_length: int, repeats: int
+    model,
+    inputs: np.ndarray,
+    *,
+    num_beams: int,
+    max_decode_length: int,
+    repeats: int,
+    autocast: bool = False,
 ) -> tuple[dict, np.ndarray]:
-    """Times `repeats` `generate` calls after one warm-up call.
+    """Times `repeats` `generate` calls after one warm-up call (under
+    torch.autocast("cpu", bfloat16) with `autocast`).
 
     -> (figures, best sequences int64 [batch, max_decode_length], start token removed).
     """
@@ -142,7 +166,7 @@ def measure_hf_generate(
     )
 
     def generate():
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(autocast):
             return model.generate(**kwargs)
 
     start = time.perf_counter()

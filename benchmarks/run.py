@@ -53,8 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32", "bfloat16"),
-        help="activation dtype (parameters stay float32)",
+        help="activation dtype(s), comma-separated: float32, bfloat16 (parameters stay "
+        "float32); each model runs once per dtype, in this order. With --compare_hf, "
+        "transformers runs bfloat16 under torch.autocast",
     )
     parser.add_argument(
         "--attention",
@@ -109,6 +110,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = args.skip - {"train", "decode", "beam", "data", "peak"}
     if unknown:
         parser.error(f"--skip: unknown parts {sorted(unknown)}")
+    args.dtypes = [dtype.strip() for dtype in args.dtype.split(",") if dtype.strip()]
+    if not args.dtypes or set(args.dtypes) - {"float32", "bfloat16"}:
+        parser.error(f"--dtype {args.dtype!r}: expected float32, bfloat16 or both")
     args.decode_length = args.decode_length or args.target_length
     for name in ("batch_size", "input_length", "target_length", "steps", "decode_length"):
         if getattr(args, name) <= 0:
@@ -185,6 +189,12 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
     return None if not ours or not theirs else ours / theirs
 
 
+def model_key(name: str, dtype: str) -> str:
+    """The report's key of one model at one activation dtype: the bare name for a
+    float32 run, '<name> <dtype>' otherwise."""
+    return name if dtype == "float32" else f"{name} {dtype}"
+
+
 def bench_model(name: str, config, args, mesh, rules, peak_flops: float | None) -> dict:
     """Every figure of one model shape (t5pipe, then Hugging Face when asked)."""
     import jax
@@ -245,8 +255,9 @@ def bench_hf(name, config, params, inputs, ours_tokens, args) -> dict:
 
     from benchmarks import hf_reference, train_speed
 
-    if args.dtype != "float32":
-        raise SystemExit("--compare_hf compares float32 (PyTorch on CPU); drop --dtype")
+    # t5pipe's bfloat16 keeps float32 parameters and computes in bfloat16: autocast is
+    # PyTorch's counterpart (float32 weights, bfloat16 matmuls).
+    autocast = config.dtype == "bfloat16"
     model = hf_reference.hf_model(config, jax.device_get(params), args.hf_threads)
     hf: dict = {}
     if "train" not in args.skip:
@@ -264,6 +275,7 @@ def bench_hf(name, config, params, inputs, ours_tokens, args) -> dict:
             learning_rate=args.learning_rate,
             steps=args.steps,
             warmup=args.warmup,
+            autocast=autocast,
         )
         # Training changed the weights; decode with the ones t5pipe decoded with.
         model = hf_reference.hf_model(config, jax.device_get(params), args.hf_threads)
@@ -279,6 +291,7 @@ def bench_hf(name, config, params, inputs, ours_tokens, args) -> dict:
                 num_beams=beams,
                 max_decode_length=args.decode_length,
                 repeats=args.decode_repeats,
+                autocast=autocast,
             )
             # Same weights, same inputs: the decodes should agree (float32 rounding aside).
             figures["same_tokens_as_t5pipe"] = float(np.mean(sequences == ours_tokens[key]))
@@ -340,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = config_overrides(args.config)
     overrides.update(
-        dtype=args.dtype,
         attention_impl=args.attention,
         scan_layers=args.scan_layers,
         remat_policy=args.remat_policy,
@@ -362,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     rules = partitioning.logical_axis_rules(args.rules)
     report["models"] = {}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        config = load_model_config(name, overrides)
-        report["models"][name] = bench_model(name, config, args, mesh, rules, peak_flops)
-        write_json(args.out, report)  # partial figures survive a later failure or timeout
+        for dtype in args.dtypes:
+            config = load_model_config(name, {**overrides, "dtype": dtype})
+            key = model_key(name, dtype)
+            report["models"][key] = bench_model(key, config, args, mesh, rules, peak_flops)
+            write_json(args.out, report)  # partial figures survive a later failure or timeout
 
     if "data" not in args.skip:
         report["data"] = bench_data(args)
@@ -407,7 +421,8 @@ def markdown_table(report: dict) -> str:
         f"{env['cpu_count']} cores), load average {env['load_average'][0]:.2f} -> "
         f"{env['load_average_end'][0]:.2f}; batch {report['settings']['batch_size']}, "
         f"inputs {report['settings']['input_length']} / targets "
-        f"{report['settings']['target_length']}, {report['settings']['dtype']}, "
+        f"{report['settings']['target_length']}, {report['settings']['dtype']} "
+        "(transformers bfloat16: torch.autocast), "
         f"{report['settings']['optimizer']}",
         "",
         "| model | figure | t5pipe | transformers | t5pipe / transformers |",

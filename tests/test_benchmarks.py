@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 from testlib import REPO_ROOT
 
 # benchmarks/ is a top-level folder of the checkout, not part of the installed package.
@@ -110,3 +111,15 @@ def test_lora_speed_trains_only_the_adapters_and_compiles_once():
     # The frozen base carries no optimizer state: only the adapters' factored moments.
     assert 0 < adapted["optimizer_state_bytes"] < full["optimizer_state_bytes"] / 5
     assert adapted["final_loss"] > 0 and len(adapted["step_time"]["samples_s"]) == 2
+
+
+def test_dtype_list_runs_each_model_per_dtype_and_rejects_unknown_ones(capsys):
+    from benchmarks import run
+
+    args = run.parse_args(["--out", "x.json", "--dtype", "float32, bfloat16"])
+    assert args.dtypes == ["float32", "bfloat16"]
+    assert [run.model_key("small", d) for d in args.dtypes] == ["small", "small bfloat16"]
+    with pytest.raises(SystemExit) as exit_:
+        run.parse_args(["--out", "x.json", "--dtype", "float16"])
+    assert exit_.value.code == 2
+    assert "--dtype 'float16'" in capsys.readouterr().err
