@@ -47,11 +47,21 @@ def dot_product_attention(
       kv_heads_major: key and value come as [batch, heads, kv_length, kv] (the
         decoding cache's layout) instead.
 
+    Key/value may have fewer rows than the query: then `batch` = kv_rows * groups and
+    query row r attends to key/value row r // groups (the beams of one input share the
+    cross-attention keys/values of that input, which are read once, not once per beam).
+
     Returns:
       [batch, q_length, heads, kv] in the query's dtype.
     """
     kv = "bhkd" if kv_heads_major else "bkhd"
+    rows, kv_rows = query.shape[0], key.shape[0]
+    if rows % kv_rows:
+        raise ValueError(f"attention: {rows} query rows do not share {kv_rows} key/value rows")
+    groups = rows // kv_rows
     if implementation == "cudnn":
+        if groups > 1:
+            key, value = jnp.repeat(key, groups, axis=0), jnp.repeat(value, groups, axis=0)
         if kv_heads_major:
             key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
         if dropout_rate > 0.0 and dropout_rng is not None:
@@ -62,9 +72,17 @@ def dot_product_attention(
     if implementation != "xla":
         raise ValueError(f"unknown attention implementation {implementation!r}")
 
-    logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
+    q_spec, w_spec = "bqhd", "bhqk"
+    if groups > 1:
+        # Row r = b * groups + j: a group axis j next to the shared key/value's batch.
+        query = query.reshape(kv_rows, groups, *query.shape[1:])
+        bias = bias if bias.shape[0] == 1 else bias.reshape(kv_rows, groups, *bias.shape[1:])
+        bias = bias[None] if bias.ndim == 4 else bias
+        q_spec, w_spec = "bjqhd", "bjhqk"
+    logits = jnp.einsum(f"{q_spec},{kv}->{w_spec}", query, key, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(value.dtype), value)
+    out = jnp.einsum(f"{w_spec},{kv}->{q_spec}", weights.astype(value.dtype), value)
+    return out.reshape(rows, *out.shape[-3:])

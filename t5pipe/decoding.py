@@ -109,8 +109,8 @@ def _init_cache(model, params, encoded, encoder_segment_ids, max_length: int):
     flat dicts {path tuple: array}:
 
         fixed:   cross-attention keys/values [batch, heads, enc_length, kv], the same
-                 for the whole decode (and for every beam of an input): the entries
-                 the family's `is_fixed_cache` names;
+                 for the whole decode (and shared by every beam of an input, unrepeated):
+                 the entries the family's `is_fixed_cache` names;
         growing: self-attention keys/values [batch, heads, max_length, kv] (zeros) and
                  the decode position (0).
 
@@ -252,9 +252,12 @@ def _beam_search(model, params, encoded, encoder_segment_ids, options: DecodingO
     cfg = model.config
     batch, beams, length = encoded.shape[0], options.num_beams, options.max_decode_length
     width = 2 * beams  # candidates per step: enough that `beams` of them do not end
-    # The cache is built once per input, then repeated: row b * beams + j is beam j of input b.
+    # The cache is built once per input; row b * beams + j is beam j of input b. Only the
+    # growing part is repeated: the beams of an input share its cross-attention
+    # keys/values (the attention reads row r // beams), so a step reads them once per
+    # input instead of once per beam.
     fixed, cache = _init_cache(model, params, encoded, encoder_segment_ids, length)
-    fixed, cache = (repeat_cache_rows(part, beams) for part in (fixed, cache))
+    cache = repeat_cache_rows(cache, beams)
     encoded = jnp.repeat(encoded, beams, axis=0)
     encoder_segment_ids = jnp.repeat(encoder_segment_ids, beams, axis=0)
     best_possible_penalty = brevity_penalty(options.alpha, length)

@@ -21,7 +21,10 @@ With decode=True the first call (full-length decoder input, no cache yet) create
 "cache" collection, each later call feeds one position. `Family.is_fixed_cache(path)`
 names the cache entries fixed for a whole decode (cross-attention keys/values, built
 once from the encoder output); the rest (self-attention keys/values, the position)
-grows step by step and is what beam search reorders.
+grows step by step and is what beam search reorders. Beam search keeps the fixed
+entries at one row per input while the queries have one row per beam, so a family's
+cross-attention must let query row r read key/value row r // beams (as
+`layers.grouped_attention` and `t5pipe.attention.dot_product_attention` do).
 
 Each config is a frozen, gin-configurable dataclass with replace/to_dict/from_dict and
 the fields decoding and training read (pad/eos/decoder_start token ids, dropout_rate,

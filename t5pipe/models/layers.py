@@ -305,7 +305,11 @@ def grouped_attention(
     h // (heads // kv_heads), as Hugging Face's `repeat_kv`. Logits are (at least)
     float32: dot * scale, soft-capped, plus bias, masked; the weights are cast to the
     value dtype. Several parts (T5Gemma 2's merged self- and cross-attention) behave as
-    their keys concatenated, without copying the caches.
+    their keys concatenated, without copying the caches. A part may have fewer
+    key/value rows than the query (batch = its rows * beams): query row r then reads its
+    row r // beams, so the beams of one input share that input's cross-attention
+    keys/values (read once per step, not once per beam); its mask and bias keep one row
+    per query row (or one for all).
     -> [batch, q, heads, head_dim] in the query's dtype.
     """
     batch, q_len, heads, head_dim = query.shape
@@ -313,18 +317,35 @@ def grouped_attention(
     first = parts[0]
     kv_heads = first.key.shape[1] if first.heads_major else first.key.shape[2]
     groups = heads // kv_heads
-    grouped = query.reshape(batch, q_len, kv_heads, groups, head_dim)
+    inputs = min(part.key.shape[0] for part in parts)
+    if any(batch % part.key.shape[0] for part in parts):
+        raise ValueError(f"grouped_attention: {batch} query rows do not share key/value rows")
+    beams = batch // inputs
+    # Row r = b * beams + j: every array gets the axes (b, j) in front, a part whose
+    # key/value is shared by the beams only b.
+    grouped = query.reshape(inputs, beams, q_len, kv_heads, groups, head_dim)
+
+    def rows(x):
+        """[batch | 1, ...] -> [inputs | 1, beams | 1, ...]."""
+        return x[:, None] if x.shape[0] == 1 else x.reshape(inputs, beams, *x.shape[1:])
+
+    def kv_spec(part):
+        shared = part.key.shape[0] == inputs and beams > 1
+        return ("b" if shared else "bj") + ("nkd" if part.heads_major else "knd"), shared
+
     logits = []
     for part in parts:
-        spec = "bnkd" if part.heads_major else "bknd"
+        spec, shared = kv_spec(part)
+        key = part.key if shared else rows(part.key)
         dots = jnp.einsum(
-            f"bqngd,{spec}->bngqk", grouped, part.key, preferred_element_type=logits_dtype
+            f"bjqngd,{spec}->bjngqk", grouped, key, preferred_element_type=logits_dtype
         )
         dots = softcap(dots * scale, logit_cap)
         if part.bias is not None:
-            bias = part.bias.reshape(part.bias.shape[0], kv_heads, groups, *part.bias.shape[2:])
+            bias = rows(part.bias)
+            bias = bias.reshape(*bias.shape[:2], kv_heads, groups, *bias.shape[3:])
             dots = dots + bias.astype(logits_dtype)
-        logits.append(jnp.where(part.mask[:, None, None], dots, MASK_BIAS))
+        logits.append(jnp.where(rows(part.mask)[:, :, None, None], dots, MASK_BIAS))
     sizes = [piece.shape[-1] for piece in logits]
     weights = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
@@ -332,8 +353,9 @@ def grouped_attention(
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     out = None
     for part, w in zip(parts, jnp.split(weights, np.cumsum(sizes)[:-1], axis=-1), strict=True):
-        spec = "bnkd" if part.heads_major else "bknd"
-        piece = jnp.einsum(f"bngqk,{spec}->bqngd", w.astype(part.value.dtype), part.value)
+        spec, shared = kv_spec(part)
+        value = part.value if shared else rows(part.value)
+        piece = jnp.einsum(f"bjngqk,{spec}->bjqngd", w.astype(part.value.dtype), value)
         out = piece if out is None else out + piece
     return out.reshape(batch, q_len, heads, head_dim).astype(query.dtype)
 
