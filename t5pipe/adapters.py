@@ -1,7 +1,7 @@
 """LoRA adapters for serving and export: one reader for every place an adapter is kept,
 checked against the base model, and the merge onto a loaded base. `t5pipe infer
---adapter`, `t5pipe.api`, `t5pipe convert`'s adapter flags and `load_for_inference`
-share it.
+--adapter`, `t5pipe.api` and `t5pipe convert`'s adapter flags share it (a LoRA run's
+checkpoint loaded as the model itself comes merged: `checkpoint_paths.Checkpoint`).
 
 An adapter source is one of
     - a t5pipe adapter folder: `lora_config.json` + `adapter.safetensors`
@@ -43,20 +43,6 @@ class Adapter:
     tree: Any
     config: lora.LoraConfig
     kind: str
-
-
-def abstract_with_adapter(model_config, lora_config: lora.LoraConfig | None):
-    """(shapes, logical specs) of the parameters, with the adapters `lora_config` adds."""
-    if lora_config is None:
-        return abstract_params(model_config)
-    with lora.attach(lora_config):
-        return abstract_params(model_config)
-
-
-def checkpoint_lora(meta: Mapping[str, Any] | None) -> lora.LoraConfig | None:
-    """The LoRA settings a training checkpoint's meta records (None: no adapters in it)."""
-    recorded = (meta or {}).get("lora")
-    return lora.LoraConfig(**recorded) if recorded else None
 
 
 def _checked(adapter: Adapter, model_config) -> Adapter:
@@ -124,15 +110,15 @@ def _checkpoint_adapter(given: str, name: str) -> Adapter:
 
 def checkpoint_adapter(path) -> tuple[dict, lora.LoraConfig]:
     """(adapter tree of host arrays, LoraConfig) of a LoRA training checkpoint."""
-    meta = checkpoint_format.read_meta(path)
-    config = checkpoint_lora(meta)
-    if config is None:
+    recorded = checkpoint_format.read_meta(path).get("lora")
+    if not recorded:
         raise UserInputError(
             f"checkpoint {path} holds no LoRA adapters (its meta records no 'lora'; "
             "a LoRA run sets train.lora_config = @LoraConfig())"
         )
-    model_config = checkpoint_format.load_model_config(path)
-    _, adapter_shapes = lora.split_adapter(abstract_with_adapter(model_config, config)[0])
+    config, model_config = lora.LoraConfig(**recorded), checkpoint_format.load_model_config(path)
+    with lora.attach(config):
+        _, adapter_shapes = lora.split_adapter(abstract_params(model_config)[0])
     checkpoint = checkpoint_paths.locate(path, "adapter")
     tree = checkpoint.load_params(adapter_shapes, model_config)  # checked against checksums
     return jax.device_get(tree), config

@@ -33,13 +33,13 @@ from t5pipe import (
     adapters,
     checkpoint_integrity,
     checkpoint_paths,
-    lora,
     partitioning,
     vocabularies,
 )
 from t5pipe.decoding import DecodingOptions, make_decode_fn
 from t5pipe.errors import UserInputError
 from t5pipe.model_config import T5Config
+from t5pipe.models import abstract_params
 from t5pipe.scoring import bucket_length, encode_texts, pad_batch
 
 
@@ -50,15 +50,14 @@ def load_for_inference(
     `checkpoint_paths.locate` takes (a t5pipe or t5x checkpoint, a MODEL_DIR).
 
     Training-only settings (dropout, remat) are switched off. A LoRA run's checkpoint
-    comes with its adapters merged into the kernels. A t5pipe checkpoint's
-    parameters are checked against its checksums (`CorruptCheckpoint`, exit 2, names the
-    array).
+    comes with its adapters merged into the kernels (`Checkpoint.load_params`). A t5pipe
+    checkpoint's parameters are checked against its checksums (`CorruptCheckpoint`,
+    exit 2, names the array).
     """
     checkpoint = checkpoint_paths.locate(path, "--checkpoint")
     config, vocabulary = checkpoint.model_and_vocabulary()
     config = config.replace(dropout_rate=0.0, remat_policy="none")
-    lora_config = adapters.checkpoint_lora(checkpoint.meta())  # t5x ones: meta None
-    shapes, specs = adapters.abstract_with_adapter(config, lora_config)
+    shapes, specs = abstract_params(config)
     target = partitioning.sharded_abstract(shapes, specs, mesh, rules)
     try:
         params = checkpoint.load_params(target, config)
@@ -66,9 +65,6 @@ def load_for_inference(
         raise
     except Exception as error:  # noqa: BLE001 - TensorStore/orbax: the files are damaged
         raise checkpoint_integrity.unreadable(checkpoint.path, error) from None
-    if lora_config is not None:  # a LoRA run's checkpoint serves with its adapters merged
-        base, tree = lora.split_adapter(params)
-        params = lora.merge(base, tree, lora_config)
     return params, config, vocabulary
 
 

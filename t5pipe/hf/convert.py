@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5pipe import adapters, checkpoint_format, lora, pytrees
+from t5pipe import checkpoint_format, checkpoint_paths, pytrees
 from t5pipe.checkpoint_format import RUNTIME_FIELDS
 from t5pipe.hf import t5 as t5_mapping
 from t5pipe.hf import tensor_io
@@ -43,7 +43,7 @@ from t5pipe.hf.tokenizers import (
     tokenizer_files,
 )
 from t5pipe.model_config import T5Config
-from t5pipe.models import Family, config_from_dict, family_for_hf, family_of
+from t5pipe.models import Family, abstract_params, config_from_dict, family_for_hf, family_of
 
 # Older transformers releases saved a cross-attention bias that T5 never uses
 # (transformers itself ignores it on load); the original t5-small checkpoint has one.
@@ -352,12 +352,11 @@ def export_hf(
     files = tokenizer_files(meta["vocabulary"], config)
 
     say(f"reading parameters from {checkpoint}")
-    lora_config = adapters.checkpoint_lora(meta)
-    shapes, _ = adapters.abstract_with_adapter(config, lora_config)
-    params = checkpoint_format.load_params(checkpoint, shapes)
-    if lora_config is not None:  # what PEFT's merge_and_unload() leaves: W + scale B A
-        say(f"merging the LoRA adapters (rank {lora_config.rank}) into the kernels")
-        params = jax.device_get(lora.merge(*lora.split_adapter(params), lora_config))
+    if meta.get("lora"):  # what PEFT's merge_and_unload() leaves: W + scale B A
+        say(f"merging the LoRA adapters (rank {meta['lora']['rank']}) into the kernels")
+    # A LoRA run's adapters come merged (`Checkpoint.load_params`).
+    located = checkpoint_paths.locate(checkpoint, "--checkpoint")
+    params = jax.device_get(located.load_params(abstract_params(config)[0], config))
     if config.scan_layers:
         for stack, depth in family.layer_counts(config).items():
             params[stack] = pytrees.unstack_layers(params[stack], depth)  # views, no copies
