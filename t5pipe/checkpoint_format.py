@@ -153,6 +153,11 @@ def load_params(path: str | Path, target: Any | None = None) -> Any:
     return _restore_subtrees(path, {"params": target})["params"]
 
 
+def load_subtree(path: str | Path, name: str, target: Any) -> Any:
+    """One top-level entry of the state (e.g. "opt_state"), shaped and placed like `target`."""
+    return _restore_subtrees(resolve_path(path), {name: target})[name]
+
+
 def _restore_subtrees(path: Path, item: dict[str, Any]) -> dict[str, Any]:
     """Only the top-level entries of the state item that `item` names, shaped by it."""
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -171,7 +176,7 @@ def _restore_subtrees(path: Path, item: dict[str, Any]) -> dict[str, Any]:
     return restored[STATE_ITEM]
 
 
-def _state_metadata(path: str | Path) -> dict[str, Any]:
+def state_metadata(path: str | Path) -> dict[str, Any]:
     """The state item's tree of array metadata (shapes, dtypes), no array read."""
     checkpoint_integrity.check_state_metadata(resolve_path(path) / STATE_ITEM)
     absl_logger = logging.getLogger("absl")
@@ -186,7 +191,7 @@ def _state_metadata(path: str | Path) -> dict[str, Any]:
 
 def stored_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """{param name: shape} of a checkpoint's params, read from its metadata only."""
-    tree = _state_metadata(path)
+    tree = state_metadata(path)
     if "params" not in tree:
         raise UserInputError(f"checkpoint {path} holds no 'params' (items: {sorted(tree)})")
     return pytrees.shapes(tree["params"])
@@ -196,7 +201,7 @@ def stored_step(path: str | Path) -> int | None:
     """The training step a checkpoint's state records (training checkpoints, t5x
     imports), or None when it holds parameters only (a Hugging Face import)."""
     path = resolve_path(path)
-    if "step" not in _state_metadata(path):
+    if "step" not in state_metadata(path):
         return None
     return int(_restore_subtrees(path, {"step": np.zeros((), np.int32)})["step"])
 

@@ -54,7 +54,9 @@ class CheckpointConfig:
     async_save: write in a background thread. initial_checkpoint_path
     (INITIAL_CHECKPOINT_PATH): parameters to start from when MODEL_DIR has no checkpoint;
     allow_partial_initial_checkpoint: initialise the parameters it lacks randomly;
-    initial_prompt_path: a saved soft prompt to load (prompt tuning).
+    initial_prompt_path: a saved soft prompt to load (prompt tuning);
+    with_optimizer_state: also take the initial checkpoint's optimizer state (continued
+    pretraining; t5x's Adafactor state included, `t5pipe.initial_optimizer`).
     """
 
     period: int = 1000
@@ -65,6 +67,7 @@ class CheckpointConfig:
     initial_checkpoint_path: str | None = None
     allow_partial_initial_checkpoint: bool = False
     initial_prompt_path: str | None = None
+    with_optimizer_state: bool = False
 
     def __post_init__(self):
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:

@@ -113,7 +113,8 @@ def train_report() -> list[str]:
             "train",
         ),  # fmt: skip
         vocabulary_line("vocabulary", arguments.get("vocabulary")),
-        checkpoint_line("initial checkpoint", arguments["checkpoint"].initial_checkpoint_path),
+        checkpoint_line("initial checkpoint", arguments["checkpoint"].initial_checkpoint_path)
+        + ("; its optimizer state too" if arguments["checkpoint"].with_optimizer_state else ""),
         f"optimizer: {_name(arguments['optimization'].optimizer) or 'adafactor'}; learning rate "
         f"{_name(arguments['optimization'].learning_rate)}; microbatches "
         f"{arguments['optimization'].num_microbatches}",

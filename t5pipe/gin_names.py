@@ -3,7 +3,8 @@
 `GIN_NAME_CHANGES` maps a binding `selector.parameter` of an earlier t5pipe release onto
 the setting that does the same now: `train` took every setting as a keyword argument
 before they were grouped into `DataConfig`, `OptimizationConfig`, `CheckpointConfig` and
-`EvalConfig`, and gin files written then keep working unchanged.
+`EvalConfig`, and gin files written then keep working unchanged. Settings added to
+those since (`train.with_optimizer_state`) take the same `train.` spelling.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ GIN_NAME_CHANGES: dict[tuple[str, str], tuple[str, str]] = {
             ("initial_checkpoint_path", "initial_checkpoint_path"),
             ("allow_partial_initial_checkpoint", "allow_partial_initial_checkpoint"),
             ("initial_prompt_path", "initial_prompt_path"),
+            ("with_optimizer_state", "with_optimizer_state"),
         )
     },
     **{

@@ -28,6 +28,7 @@ import seqio
 from t5pipe import (
     best_checkpoint,
     checkpoint_manager,
+    initial_optimizer,
     input_pipeline,
     lora,
     model_dir_lock,
@@ -127,9 +128,13 @@ def train(
         trainable = lora.TRAINABLE  # LoRA: only the adapters learn
     with_adapters = _lora_scope(lora_config)  # traces that create or read the adapters
     with with_adapters():
-        tx = peft.freeze_except(optimization.make_optimizer(), abstract_params(model)[0], trainable)
-        layout = train_state.state_layout(model, tx, seed, mesh, rules)
         start = train_state.plan_start(model_dir, checkpoint, model)
+        optimizer = optimization.make_optimizer()
+        optimizer = initial_optimizer.in_view(optimizer, start, model, lora_config)
+        tx = peft.freeze_except(optimizer, abstract_params(model)[0], trainable)
+        layout = train_state.state_layout(model, tx, seed, mesh, rules)
+    if start.with_optimizer_state:
+        initial_optimizer.check(start, tx, layout)
     train_steps = _end_step(start, train_steps, train_steps_relative)
     input_pipeline.check_first_examples(task, data, count_truncation=start.kind != "resume")
     if dry_run:
@@ -203,6 +208,7 @@ def _run(
             task_feature_lengths=dict(data.task_feature_lengths),
             **({"lora": lora_config.to_dict()} if lora_config is not None else {}),
             **{train_state.RUN_START_KEY: start.run_start},
+            **initial_optimizer.meta(start.optimizer_view),
         )  # fmt: skip
         loop = _Loop(
             model_dir, train_steps, stats_period, state, step_fn, manager, meta, log,

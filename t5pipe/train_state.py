@@ -29,6 +29,7 @@ from t5pipe import (
     checkpoint_integrity,
     checkpoint_manager,
     checkpoint_paths,
+    initial_optimizer,
     lora,
     partitioning,
     peft,
@@ -93,6 +94,8 @@ class Start:
     step: int = 0
     run_start: int = 0
     source: checkpoint_paths.Checkpoint | None = None  # 'initial': what `path` holds
+    optimizer_view: str | None = None
+    with_optimizer_state: bool = False
 
     def data_position(self, step: int) -> int:
         """Batches of the run's data already trained on when the state is at `step`."""
@@ -138,8 +141,12 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
             latest, shapes, config, f"MODEL_DIR={model_dir} (resuming from its latest checkpoint)"
         )
         # Checkpoints of runs that predate the record began at step 0.
-        run_start = int(checkpoint_format.read_meta(latest).get(RUN_START_KEY, 0))
-        return Start("resume", Path(latest), fit, int(Path(latest).name), run_start)
+        meta = checkpoint_format.read_meta(latest)
+        run_start = int(meta.get(RUN_START_KEY, 0))
+        view = initial_optimizer.recorded_view(meta)
+        return Start(
+            "resume", Path(latest), fit, int(Path(latest).name), run_start, optimizer_view=view
+        )
     if initial:
         role = f"INITIAL_CHECKPOINT_PATH={initial}"
         source = checkpoint_paths.locate(initial, role)  # t5pipe or t5x, a MODEL_DIR's latest
@@ -153,7 +160,14 @@ def plan_start(model_dir: str | Path, checkpoint: CheckpointConfig, config: T5Co
             )
             source.check_fits(kept, config, role, allow_unexpected=True)
         step = source.stored_step() or 0
-        return Start("initial", source.path, fit, step, step, source)
+        carried = checkpoint.with_optimizer_state
+        view = initial_optimizer.optimizer_view(source) if carried else None
+        return Start("initial", source.path, fit, step, step, source, view, carried)
+    if checkpoint.with_optimizer_state:
+        raise UserInputError(
+            f"{initial_optimizer.ROLE} needs an initial checkpoint to take the optimizer "
+            "state from: set INITIAL_CHECKPOINT_PATH"
+        )
     return Start("fresh")
 
 
@@ -232,7 +246,12 @@ def start_state(
             out_shardings=layout.shardings["opt_state"],
         )
         step = jax.device_put(jnp.asarray(start.step, jnp.int32), layout.shardings["step"])
-        state = {**state, "step": step, "params": params, "opt_state": opt_init(params)}
+        opt_state = (
+            initial_optimizer.load(start, optimizer, layout, config)
+            if start.with_optimizer_state
+            else opt_init(params)
+        )
+        state = {**state, "step": step, "params": params, "opt_state": opt_state}
     if checkpoint.initial_prompt_path:
         params = peft.merge_prompt(
             state["params"], peft.load_prompt(checkpoint.initial_prompt_path)

@@ -261,6 +261,37 @@ def t5x_adafactor_step(name, param, grad, state, step, lr, momentum=None, decay_
     }
 
 
+def t5x_adafactor_steps(params, grads, lr, momentum=None, states=None, first_step=0):
+    """t5x's Adafactor over {t5x name: array} `params`, one step per entry of `grads`
+    (each {t5x name: gradient}), from `states` (default: t5x's zero state) at
+    `first_step` -> (params, states)."""
+    params = dict(params)
+    if states is None:
+        states = {n: t5x_init_state(n, p.shape, momentum) for n, p in params.items()}
+    states = dict(states)
+    for step, grad in enumerate(grads, first_step):
+        for name in params:
+            params[name], states[name] = t5x_adafactor_step(
+                name, params[name], grad[name], states[name], step, lr, momentum
+            )
+    return params, states
+
+
+def spread_params(shapes, seed):
+    """Random parameters shaped like `shapes` (a tree of ShapeDtypeStructs), spread so
+    that Adafactor's parameter scale and clipping matter: layer-norm scales near 1,
+    kernels ~ N(0, 1 / fan_in)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return (1 + 0.2 * rng.normal(size=x.shape)).astype(np.float32)
+        return (rng.normal(size=x.shape) * x.shape[0] ** -0.5).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def flat_names(tree):
     """{'a/b': leaf} of a nested dict."""
     return {"/".join(path): value for path, value in _flat(tree)}

@@ -25,30 +25,12 @@ def shapes(config):
     return abstract_params(config)[0]
 
 
-def spread(params, seed):
-    rng = np.random.default_rng(seed)
-
-    def draw(path, x):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            return (1 + 0.2 * rng.normal(size=x.shape)).astype(np.float32)
-        return (rng.normal(size=x.shape) * x.shape[0] ** -0.5).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, params)
-
-
 def run_t5x(target, grads, momentum):
     """t5x's Adafactor: 3 steps from zero state, then the 4th on `grads[3]`."""
-    params = t5xlib.flat_names(target)
-    states = {n: t5xlib.t5x_init_state(n, p.shape, momentum) for n, p in params.items()}
-    for step in range(4):
-        if step == 3:
-            before = (dict(params), dict(states))
-        for name in params:
-            params[name], states[name] = t5xlib.t5x_adafactor_step(
-                name, params[name], grads[step][name], states[name], step, LR, momentum
-            )
-    return before, params
+    flat = t5xlib.flat_names(target)
+    params3, states3 = t5xlib.t5x_adafactor_steps(flat, grads[:3], LR, momentum)
+    params4, _ = t5xlib.t5x_adafactor_steps(params3, grads[3:], LR, momentum, states3, 3)
+    return (params3, states3), params4
 
 
 def t5x_grads(config, scanned, seed):
@@ -65,7 +47,7 @@ def t5x_grads(config, scanned, seed):
 )
 def test_first_update_after_import_is_t5xs(tmp_path, scanned_t5x, scan_layers, momentum):
     config = tiny_config(**FACTORED, num_encoder_layers=2, num_decoder_layers=2)
-    params = spread(shapes(config), seed=1)
+    params = t5xlib.spread_params(shapes(config), seed=1)
     grads = [t5x_grads(config, scanned_t5x, seed) for seed in range(4)]
     (params3, states3), params4 = run_t5x(
         t5xlib.t5x_target(params, config, scanned_t5x), [g for _, g in grads], momentum
@@ -110,7 +92,7 @@ def test_plain_adafactor_matches_t5x_except_attention_kernels(tmp_path):
     clips and scales them) unlike t5x's [embed, heads * kv] matrices; everything else
     carries over exactly."""
     config = tiny_config(**FACTORED, num_encoder_layers=1, num_decoder_layers=1)
-    params = spread(shapes(config), seed=2)
+    params = t5xlib.spread_params(shapes(config), seed=2)
     grads = [t5x_grads(config, False, seed) for seed in range(4)]
     (params3, states3), params4 = run_t5x(
         t5xlib.t5x_target(params, config), [g for _, g in grads], None
@@ -136,7 +118,7 @@ def test_plain_adafactor_matches_t5x_except_attention_kernels(tmp_path):
 
 def test_state_of_an_optimizer_without_adafactor_is_refused(tmp_path):
     config = tiny_config()
-    params = spread(shapes(config), seed=0)
+    params = t5xlib.spread_params(shapes(config), seed=0)
     target = t5xlib.flat_names(t5xlib.t5x_target(params, config))
     states = {n: t5xlib.t5x_init_state(n, p.shape, None) for n, p in target.items()}
     state_dict = {
@@ -154,7 +136,7 @@ def test_factor_like_t5x_composes_with_frozen_parameters():
     from t5pipe import peft
 
     config = tiny_config(num_encoder_layers=1, num_decoder_layers=1, scan_layers=True)
-    params = spread(shapes(config), seed=3)
+    params = t5xlib.spread_params(shapes(config), seed=3)
     round_trip = jax.jit(
         lambda p: optimizer_state.from_t5x_view(optimizer_state.t5x_view(p, config), config)
     )(params)

@@ -36,8 +36,16 @@ def _parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="check the configuration (t5x gin files too) and exit; reads no data, writes nothing",
     )
+    parser.add_argument(
+        "--with_optimizer_state",
+        action="store_true",
+        help="continue the initial checkpoint's optimizer state too (continued pretraining; "
+        "t5x's Adafactor state, factored as t5x does); binds train.with_optimizer_state",
+    )
     rest, dot_bindings = gin_setup.split_gin_dot_flags(argv)
     args = parser.parse_args(rest)
+    if args.with_optimizer_state:
+        dot_bindings.append("CheckpointConfig.with_optimizer_state = True")
     if not args.gin_file and not args.gin_bindings and not dot_bindings:
         parser.error("give at least one --gin_file (e.g. --gin_file=runs/quickstart.gin)")
     return args, dot_bindings
