@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pipe import checkpoint_integrity
+from t5pipe import checkpoint_integrity, input_state
 from t5pipe.checkpoint_format import META_ITEM, STATE_ITEM, is_checkpoint, read_meta, resolve_path
 from t5pipe.errors import T5pipeError, UserInputError
 
@@ -235,6 +235,7 @@ def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
         registry.add(STATE_ITEM, args, ocp.StandardCheckpointHandler())
     for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
         registry.add(META_ITEM, args, _MetaHandler())
+    registry.add(input_state.ITEM, input_state.InputSave, input_state.InputHandler())
     return registry
 
 
@@ -243,8 +244,11 @@ def save(
     state: dict[str, Any],
     meta: dict[str, Any],
     metrics: dict[str, float] | None = None,
+    data_position: input_state.Snapshot | None = None,
 ) -> int:
-    """Starts an (asynchronous) save of `state` at its step; returns the step."""
+    """Starts an (asynchronous) save of `state` at its step, with this process's
+    `data_position` (the training stream's, taken at this step) when given; returns the
+    step."""
     step = int(jax.device_get(state["step"]))
     if step in manager.all_steps():
         return step
@@ -253,11 +257,12 @@ def save(
         log.warning("not saving step %d: %s exists and is left alone", step, occupied)
         return step
     pending = checkpoint_integrity.PendingMeta(meta, state)  # hashed by the save's thread
+    items = {STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(pending)}
+    if data_position is not None:
+        items[input_state.ITEM] = input_state.InputSave(data_position)
     manager.save(
         step,
-        args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(pending)}
-        ),
+        args=ocp.args.Composite(**items),
         metrics=metrics,
         force=True,
     )

@@ -10,9 +10,9 @@ task, its feature lengths and its data, made here because this is where they are
 
 Every process reads its own shard (`seqio.ShardInfo`) and contributes its rows of each
 global batch. Exact resume: the training stream is a pure function of (task, seed,
-step); after a restart at step k the first k batches are skipped (`Dataset.skip`,
-which re-reads but does not train on them), so steps k+1.. see the same batches as an
-uninterrupted run.
+step); a restart at step k restores the stream's position saved with checkpoint k
+(`t5pipe.input_state`), or, without a usable one, reads and drops the first k batches,
+so steps k+1.. see the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
@@ -31,7 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5pipe import partitioning
+from t5pipe import input_state, partitioning
 from t5pipe.errors import UserInputError, first_line, nearest
 
 log = logging.getLogger(__name__)
@@ -362,8 +362,12 @@ def train_batches(
     start_step: int = 0,
     sharding: jax.sharding.Sharding | None = None,
     split: str = "train",
-) -> Iterator[NumpyBatch]:
-    """An endless iterator of this host's training batches, from batch `start_step` on.
+    saved_position=None,
+    say=None,
+) -> input_state.TrainStream:
+    """An endless iterator of this host's training batches, from batch `start_step` on:
+    restored from `saved_position` (a checkpoint's `input` folder) when usable, else read
+    up to it (`input_state.open_stream`; `say` reports why).
 
     The dataset is read as N seqio shards (`data.input_shards`, default one per distinct
     row block of `sharding`); shard n fills rows [n * B / N, (n + 1) * B / N) of every
@@ -403,14 +407,19 @@ def train_batches(
         )
         return dataset.batch(rows_per_shard, drop_remainder=True)
 
-    parts = [shard_batches(n) for n in range(start // rows_per_shard, stop // rows_per_shard)]
-    dataset = parts[0]
-    if len(parts) > 1:  # this process's rows: its shards' batches, in shard order
-        dataset = tf.data.Dataset.zip(tuple(parts)).map(
+    def process_batches() -> tf.data.Dataset:
+        parts = [shard_batches(n) for n in range(start // rows_per_shard, stop // rows_per_shard)]
+        if len(parts) == 1:
+            return parts[0]
+        return tf.data.Dataset.zip(tuple(parts)).map(  # this process's rows, in shard order
             lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
         )
-    dataset = dataset.skip(start_step).prefetch(tf.data.AUTOTUNE)
-    return dataset.as_numpy_iterator()
+
+    # What a saved position must have been saved with to be restored.
+    settings = {**dataclasses.asdict(data), "split": split, "shards": [shards, start, stop]}
+    for key in ("mixture_or_task_module", "input_shards"):  # shards says what they did
+        settings.pop(key)
+    return input_state.open_stream(process_batches, settings, start_step, saved_position, say)
 
 
 class EncDecConverter(seqio.EncDecFeatureConverter):

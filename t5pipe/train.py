@@ -30,6 +30,7 @@ from t5pipe import (
     checkpoint_manager,
     initial_optimizer,
     input_pipeline,
+    input_state,
     lora,
     model_dir_lock,
     model_vocabulary,
@@ -217,10 +218,13 @@ def _run(
             lora_config=lora_config,
         )  # fmt: skip
         # The data position counts from the run's first step, not the global step: a
-        # fine-tune from step 1M starts at its task's first batch.
+        # fine-tune from step 1M starts at its task's first batch. A resume restores the
+        # position saved with the checkpoint it restored.
+        saved = manager.directory / str(loop.step) / input_state.ITEM
         batches = input_pipeline.train_batches(
-            data, start_step=start.data_position(loop.step), sharding=batch_sharding
-        )
+            data, start_step=start.data_position(loop.step), sharding=batch_sharding,
+            saved_position=saved if start.kind == "resume" else None, say=log.message,
+        )  # fmt: skip
         evaluator = TrainEvaluator(
             evaluation, data.mixture_or_task_name, data.task_feature_lengths, data.batch_size,
             model, vocabulary, mesh, rules,
@@ -304,10 +308,12 @@ class _Loop:
         self.stopped: str | None = None
         self._pending: tuple[int, dict[str, Any]] | None = None
         self._saving: int | None = None  # the step of the save last started
+        self.batches = None  # the training stream, once `run` starts
 
     def run(self, batches, batch_sharding, evaluator: TrainEvaluator, throughput) -> None:
         sigterm = _SigtermFlag()
         history: list[dict[str, Any]] = []
+        self.batches = batches  # its position is saved with each checkpoint
         try:
             while self.step < self.train_steps:
                 if sigterm.should_stop(self.step):
@@ -376,7 +382,10 @@ class _Loop:
             )
         try:  # orbax first waits for the previous (asynchronous) save: its failure shows here
             meta = {**self.meta, "eval_metrics": metrics} if metrics else self.meta
-            checkpoint_manager.save(self.manager, self.state, meta, metrics)
+            snapshot = getattr(self.batches, "snapshot", None)  # None: a plain iterator
+            checkpoint_manager.save(
+                self.manager, self.state, meta, metrics, snapshot() if snapshot else None
+            )
         except Exception as error:
             previous_done = self._saving is None or checkpoint_manager.is_complete(
                 Path(self.manager.directory) / str(self._saving)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5pipe import checkpoint_manager, partitioning
+from t5pipe import checkpoint_manager, input_state, partitioning
 from t5pipe.checkpoint_format import load_model_config, load_params
 from t5pipe.model import abstract_params
 
@@ -144,6 +144,18 @@ def test_two_processes_train_with_the_one_process_losses(runs):
     )
     log = (two.parent / f"{two.name}.0.log").read_text()
     assert "restored" in log and str(two / "checkpoints" / "2") in log
+    # The one-process data position is not the two processes' own: they re-read to it.
+    assert "saved by a run of another process count; re-reading the first 2 batches" in log
+
+
+def test_each_process_saves_its_own_data_position(runs):
+    _, two = runs
+    folder = two / "checkpoints" / "4" / input_state.ITEM
+    records = [json.loads((folder / f"process_{i}-of-2.json").read_text()) for i in range(2)]
+    assert [r["position"] for r in records] == [4, 4]
+    # Each process reads its own rows: different shards, different saved streams.
+    assert [r["settings"]["shards"] for r in records] == [[2, 0, 4], [2, 4, 8]]
+    assert records[0]["sha256"] != records[1]["sha256"]
 
 
 def test_two_process_checkpoint_restores_in_one_process(runs):
