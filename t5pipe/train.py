@@ -47,7 +47,7 @@ from t5pipe.input_pipeline import DataConfig
 from t5pipe.lora import LoraConfig
 from t5pipe.model_config import T5Config
 from t5pipe.models import abstract_params, model_for
-from t5pipe.train_eval import EvalConfig, TrainEvaluator
+from t5pipe.train_eval import EvalConfig, TrainEvaluator, check_options
 from t5pipe.train_step import OptimizationConfig, train_step
 
 ADAPTER_DIR = "adapter"  # MODEL_DIR/adapter: the trained LoRA adapter alone
@@ -138,6 +138,7 @@ def train(
         initial_optimizer.check(start, tx, layout)
     train_steps = _end_step(start, train_steps, train_steps_relative)
     input_pipeline.check_first_examples(task, data, count_truncation=start.kind != "resume")
+    check_options(evaluation, data.mixture_or_task_name)  # rank-classification labels
     if dry_run:
         return {"start": start, "step": None}
 

@@ -57,6 +57,15 @@ class EvalConfig:
             )
 
 
+def check_options(config: EvalConfig, task_or_mixture: str) -> None:
+    """Refuses rank-classification labels that do not fit an evaluated task
+    (`evaluation.rank_labels`) before training starts, not at the first evaluation."""
+    if not (config.period and config.with_decoding and config.options.rank_classification):
+        return
+    for task in input_pipeline.validation_tasks(task_or_mixture):
+        evaluation.rank_labels(task, config.options)
+
+
 @dataclasses.dataclass
 class EarlyStopping:
     """Stops a run after `patience` evaluations in which `metric` did not improve."""

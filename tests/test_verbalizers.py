@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import seqio
 from sklearn.metrics import accuracy_score
-from testlib import command_error, shared_data_dir, tiny_config
+from testlib import command_error, shared_data_dir, tiny_config, train_error
 
 os.environ.setdefault("T5PIPE_GLUE_DIR", str(shared_data_dir() / "glue"))
 os.environ.setdefault("T5PIPE_VOCAB", str(shared_data_dir() / "vocab" / "t5_spiece.model"))
@@ -107,3 +107,14 @@ def test_label_sets_that_do_not_map_onto_the_classes_are_refused(checkpoint, tmp
         capsys=capsys,
     )  # fmt: skip
     assert "['terrible', 'great']" in message and "['negative', 'positive']" in message
+
+
+def test_train_refuses_a_verbalizer_before_training(model_dir, capsys):
+    message = train_error(
+        model_dir,
+        "--gin.EVAL_PERIOD=1",
+        "--gin.EvalOptions.rank_classification=True",
+        "--gin.EvalOptions.labels={'terrible': 'negative', 'great': 'positive'}",
+        capsys=capsys,
+    )
+    assert "task 'builtin_reverse_v001'" in message and "has no label classes" in message
