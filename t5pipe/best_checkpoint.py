@@ -6,9 +6,11 @@ any file system):
     {"step": 400, "metric": "glue_sst2_v002/accuracy", "value": 91.2, "mode": "max",
      "checkpoint": "/runs/sst2/checkpoints/400"}
 
-The run writes it when an evaluation at a step that is saved beats the best so far
-(`mode` 'max' or 'min'), replacing it atomically. A resumed run reads it back, so a later
-better value replaces it and a worse one does not. A record whose checkpoint is gone (a
+The run writes it when an evaluation at a step that is saved beats or equals the best so
+far (`mode` 'max' or 'min'), replacing it atomically: on a tie the later step wins, as in
+retention (orbax's BestN keeps the latest of equal values, so an earlier one may be
+deleted). A resumed run reads it back, so a later value as good replaces it and a worse
+one does not. A record whose checkpoint is gone (a
 save that never completed) counts as none.
 """
 
@@ -58,14 +60,15 @@ class Tracker:
         self.best: dict[str, Any] | None = found if same else None
 
     def offer(self, step: int, results: dict[str, float]) -> dict[str, Any] | None:
-        """Records `step` when its value of the metric beats the best; returns the new
-        record, or None when it does not (or the results lack the metric)."""
+        """Records `step` when its value of the metric beats or equals the best (ties go
+        to the later step, the one retention keeps); returns the new record, or None when
+        it does not (or the results lack the metric)."""
         value = results.get(self.metric) if self.metric else None
         if value is None or not math.isfinite(value):
             return None
         if self.best is not None:
             best = self.best["value"]
-            if not (value > best if self.mode == "max" else value < best):
+            if not (value >= best if self.mode == "max" else value <= best):
                 return None
         folder = checkpoint_manager.checkpoints_dir(self.model_dir) / str(step)
         self.best = {

@@ -14,7 +14,7 @@ import pytest
 from testlib import tree_digest
 from train_testlib import FAST, read_metrics, train_in_process
 
-from t5pipe import checkpoint_manager, model_dir_lock
+from t5pipe import best_checkpoint, checkpoint_manager, model_dir_lock
 from t5pipe.checkpoint_format import (
     load_model_config,
     load_params,
@@ -173,6 +173,25 @@ def test_best_checkpoint_is_kept(tmp_path):
     manager.wait_until_finished()
     assert sorted(manager.all_steps()) == [2, 4]  # the latest and the best
     manager.close()
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_best_record_on_a_tie_names_the_checkpoint_retention_keeps(tmp_path, mode):
+    """Equal values at several saved steps: the record follows retention, which keeps
+    the latest of them, so the checkpoint it names is never one retention deleted."""
+    config = CheckpointConfig(keep=1, best_metric="acc", best_mode=mode, async_save=False)
+    manager = checkpoint_manager.make_manager(tmp_path, config)
+    tracker = best_checkpoint.Tracker(tmp_path, "acc", mode)
+    best = 0.5 if mode == "max" else 0.1
+    worse = 0.1 if mode == "max" else 0.5
+    for step, acc in [(1, worse), (2, best), (3, best), (4, worse)]:
+        state = {"step": np.int32(step), "params": {"w": np.full((2,), step, np.float32)}}
+        checkpoint_manager.save(manager, state, {"format": 1}, {"acc": acc})
+        manager.wait_until_finished()
+        tracker.offer(step, {"acc": acc})
+    assert sorted(manager.all_steps()) == [3, 4]  # the best of the tie, and the latest
+    manager.close()
+    assert best_checkpoint.read(tmp_path)["step"] == 3
 
 
 def test_initial_checkpoint_other_dtype_and_partial(tmp_path):
