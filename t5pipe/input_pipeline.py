@@ -126,12 +126,19 @@ def import_task_modules(modules: str | Sequence[str] | None, setting: str) -> No
 
 
 def get_task(name: Any, setting: str = "MIXTURE_OR_TASK_NAME") -> seqio.Task | seqio.Mixture:
-    """The registered task or mixture `name`, or an error naming the nearest ones."""
+    """The registered task or mixture `name` (`<task>_<k>shot` registers the k-shot
+    variant of a registered task, `t5pipe.tasks.few_shot`), or an error naming the
+    nearest ones."""
     if not isinstance(name, str) or not name:
         raise UserInputError(f"{setting}={name!r}: expected the name of a seqio task or mixture")
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError:
+        from t5pipe.tasks import few_shot
+
+        k_shot = few_shot.resolve(name)  # `<task>_<k>shot` of a registered task
+        if k_shot is not None:
+            return k_shot
         known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
         raise UserInputError(
             f"{setting}={name!r} is not a registered seqio task or mixture"

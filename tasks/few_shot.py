@@ -6,6 +6,9 @@
     few_shot.few_shot_task("rte_instructions", k=2, template="entail")
     few_shot.resolve("glue_rte_v002_5shot")             # registers on first use by name
 
+Every command finds `<task>_<k>shot` by name (`input_pipeline.get_task` registers it on
+first use), and `t5pipe tasks show TASK --shots k --template T` prints its prompts.
+
 Each example's inputs become
 
     <exemplar 1><separator>...<exemplar k><separator><the example's inputs>
@@ -130,11 +133,12 @@ def few_shot_task(
     pool_size: int = POOL_SIZE,
     overwrite: bool = False,
 ) -> seqio.Task:
-    """Registers the k-shot variant of task `base` as `name` (default `<base>_<k>shot`)."""
+    """Registers the k-shot variant of task `base` as `name` (default `<base>_<k>shot`).
+    k=0: zero-shot, the examples as they are, in `template` (a templated task's)."""
     if base not in seqio.TaskRegistry.names():
         raise UserInputError(f"few-shot: no task named {base!r} is registered")
-    if not (isinstance(k, int) and k >= 1):
-        raise UserInputError(f"few-shot {base}: k={k!r} must be a positive integer")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
+        raise UserInputError(f"few-shot {base}: k={k!r} must be a whole number >= 0")
     templates.template_fields(exemplar_format, f"few-shot {base}: exemplar_format")
     name = name or f"{base}_{k}shot"
     if name in seqio.TaskRegistry.names():
@@ -156,7 +160,7 @@ def few_shot_task(
     return seqio.TaskRegistry.add(
         name,
         source=FunctionSource(dataset_fn, splits=list(base_task.splits)),
-        preprocessors=[assembler, *tail],
+        preprocessors=[assembler, *tail] if k else tail,
         output_features=base_task.output_features,
         postprocess_fn=base_task.postprocessor,
         metric_fns=list(base_task.metric_fns),

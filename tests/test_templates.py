@@ -181,3 +181,31 @@ def test_k_shot_prompts_fit_are_deterministic_and_never_show_the_example(
     assert few_shot.resolve("glue_rte_v002_2shot").name == "glue_rte_v002_2shot"
     assert "glue_rte_v002_2shot" in seqio.TaskRegistry.names()
     assert few_shot.resolve("no_such_task_2shot") is None
+
+
+def shown_inputs(capsys) -> str:
+    """The first `inputs (N tokens): ...` line `t5pipe tasks show` printed."""
+    lines = capsys.readouterr().out.splitlines()
+    return next(line for line in lines if line.startswith("inputs ("))
+
+
+def test_tasks_show_prints_a_template_and_shots_and_commands_find_k_shot_names(
+    templated_user_task, capsys
+):
+    from t5pipe import cli, input_pipeline
+
+    task, _ = templated_user_task
+    show = ["tasks", "show", task.name, "-n", "1", "--inputs_length", "512"]
+    assert cli.main([*show, "--template", "b", "--shots", "2"]) == 0
+    inputs = shown_inputs(capsys)
+    assert inputs.count("B: ") == 3 and "A: " not in inputs  # two exemplars and the example
+    assert cli.main([*show, "--template", "1", "--shots", "0"]) == 0  # by position, zero-shot
+    zero = shown_inputs(capsys)
+    assert zero.count("B: ") == 1
+    assert cli.main([*show, "--shots", "1"]) == 0  # the eval template
+    one = shown_inputs(capsys)
+    assert one.count("A: ") == 2
+    assert cli.main([*show, "--template", "zz"]) == 2
+    assert "no template 'zz'; the templates are" in capsys.readouterr().err
+    # Any command's task lookup registers `<task>_<k>shot` on first use.
+    assert input_pipeline.get_task(f"{task.name}_1shot").name == f"{task.name}_1shot"

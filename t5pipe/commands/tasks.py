@@ -3,7 +3,10 @@
     t5pipe tasks list [--filter glue]
         registered tasks and mixtures: name, where the data comes from, splits
     t5pipe tasks show NAME [--split validation] [-n 3] [--inputs_length 512 --targets_length 128]
-        the first N examples after preprocessing: text, token ids and lengths
+                      [--template T] [--shots K]
+        the first N examples after preprocessing: text, token ids and lengths; with
+        --template/--shots, as the model reads them in template T with K exemplars
+        (the task `NAME_Kshot` evaluates the same way)
 
 Both take the common flags (--gin_file, --gin.NAME=VALUE, --tfds_data_dir, ...) and
 `--module M` (repeatable) to import modules that register more tasks.
@@ -32,6 +35,14 @@ def main(argv: list[str]) -> int:
     show.add_argument("-n", "--num_examples", type=int, default=3)
     show.add_argument("--inputs_length", type=int, default=None, help="truncate inputs to this")
     show.add_argument("--targets_length", type=int, default=None, help="truncate targets")
+    show.add_argument(
+        "--shots", type=int, default=None, metavar="K",
+        help="K exemplars from the train split before each example (0: zero-shot)",
+    )  # fmt: skip
+    show.add_argument(
+        "--template", default=None, metavar="T",
+        help="a templated task's template, by position or name (default: its eval template)",
+    )  # fmt: skip
     for sub in (listing, show):
         gin_setup.add_gin_flags(sub)
         sub.add_argument("--module", action="append", default=[], help="import to register tasks")
@@ -85,12 +96,27 @@ def _print_listing(tasks, mixtures, name_filter: str) -> int:
     return 0
 
 
+def _prompt_view(task, shots: int, template: str | None):
+    """The `shots`-shot variant of `task` in `template` (a position or a name): what the
+    model reads when evaluated that way (`t5pipe.tasks.few_shot`)."""
+    from t5pipe.tasks import few_shot
+
+    if shots < 0:
+        raise UserInputError(f"--shots {shots}: expected a whole number >= 0")
+    chosen = int(template) if template is not None and template.isdigit() else template
+    suffix = "" if template is None else f"_template_{template}"
+    name = f"{task.name}{suffix}_{shots}shot"
+    return few_shot.few_shot_task(task.name, shots, template=chosen, name=name)
+
+
 def _show(seqio, args) -> int:
     import numpy as np
 
     from t5pipe.input_pipeline import data_error, get_task
 
     provider = get_task(args.name, "t5pipe tasks show NAME")
+    if args.shots is not None or args.template is not None:
+        provider = _prompt_view(provider, args.shots or 0, args.template)
     lengths = None
     if args.inputs_length or args.targets_length:
         lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
@@ -106,7 +132,7 @@ def _show(seqio, args) -> int:
         raise data_error(provider, args.split, error) from error
     features = provider.output_features
     for index, example in enumerate(examples):
-        print(f"=== {args.name} {args.split} example {index}")
+        print(f"=== {provider.name} {args.split} example {index}")
         for key in ("inputs", "targets"):
             if key not in example:
                 continue
