@@ -384,9 +384,8 @@ class _Loop:
         try:  # orbax first waits for the previous (asynchronous) save: its failure shows here
             meta = {**self.meta, "eval_metrics": metrics} if metrics else self.meta
             snapshot = getattr(self.batches, "snapshot", None)  # None: a plain iterator
-            checkpoint_manager.save(
-                self.manager, self.state, meta, metrics, snapshot() if snapshot else None
-            )
+            position = snapshot() if snapshot else None
+            checkpoint_manager.save(self.manager, self.state, meta, metrics, data_position=position)
         except Exception as error:
             previous_done = self._saving is None or checkpoint_manager.is_complete(
                 Path(self.manager.directory) / str(self._saving)

@@ -75,8 +75,8 @@ KILL_DURING_SAVE = textwrap.dedent("""
 
     real_save = checkpoint_manager.save
 
-    def save_then_die(manager, state, meta, metrics=None):
-        step = real_save(manager, state, meta, metrics)
+    def save_then_die(*args, **kwargs):
+        step = real_save(*args, **kwargs)
         if step == 4:
             os.kill(os.getpid(), signal.SIGKILL)
         return step
@@ -127,8 +127,8 @@ def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
 
     real_save = checkpoint_manager.save
 
-    def save_then_ctrl_c(manager, state, meta, metrics=None):
-        step = real_save(manager, state, meta, metrics)
+    def save_then_ctrl_c(*args, **kwargs):
+        step = real_save(*args, **kwargs)
         if step == 2:
             os_module.kill(os_module.getpid(), signal.SIGINT)
         return step

@@ -145,7 +145,7 @@ def test_two_processes_train_with_the_one_process_losses(runs):
     log = (two.parent / f"{two.name}.0.log").read_text()
     assert "restored" in log and str(two / "checkpoints" / "2") in log
     # The one-process data position is not the two processes' own: they re-read to it.
-    assert "saved by a run of another process count; re-reading the first 2 batches" in log
+    assert "saved by a run of another process count); re-reading the first 2 batches" in log
 
 
 def test_each_process_saves_its_own_data_position(runs):
