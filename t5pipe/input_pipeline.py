@@ -414,18 +414,13 @@ def train_batches(
         )
         return dataset.batch(rows_per_shard, drop_remainder=True)
 
-    def process_batches() -> tf.data.Dataset:
+    def process_batches() -> tf.data.Dataset:  # this process's rows, in shard order
         parts = [shard_batches(n) for n in range(start // rows_per_shard, stop // rows_per_shard)]
-        if len(parts) == 1:
-            return parts[0]
-        return tf.data.Dataset.zip(tuple(parts)).map(  # this process's rows, in shard order
+        return parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
             lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
-        )
+        )  # fmt: skip
 
-    # What a saved position must have been saved with to be restored.
-    settings = {**dataclasses.asdict(data), "split": split, "shards": [shards, start, stop]}
-    for key in ("mixture_or_task_module", "input_shards"):  # shards says what they did
-        settings.pop(key)
+    settings = input_state.stream_settings(data, split, [shards, start, stop])
     return input_state.open_stream(process_batches, settings, start_step, saved_position, say)
 
 

@@ -107,6 +107,16 @@ class TrainStream:
         return Snapshot(files, record)
 
 
+def stream_settings(data, split: str, shards: list[int]) -> dict[str, Any]:
+    """What a saved position must have been saved with to be restored: the DataConfig
+    (`data`) but for the task module and input_shards, the split, and `shards` ([count,
+    first row, end row] of this process), which says what input_shards did."""
+    settings = dataclasses.asdict(data)
+    for key in ("mixture_or_task_module", "input_shards"):
+        settings.pop(key)
+    return {**settings, "split": split, "shards": list(shards)}
+
+
 def _dataset_options() -> tf.data.Options:
     options = tf.data.Options()
     # State tf.data cannot save (a py_function, a generator) must fail the snapshot, not
