@@ -92,13 +92,15 @@ def _mesh_line() -> str:
 
 
 def train_report() -> list[str]:
-    from t5pipe.train import train
+    from t5pipe.train import check_steps, train
 
     arguments = gin_setup.resolved_arguments(train, "train")
     data, model = arguments["data"], arguments["model"]
-    steps = arguments["train_steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserInputError(f"TRAIN_STEPS={steps!r}: expected a whole number >= 1")
+    relative = arguments.get("train_steps_relative")
+    check_steps(arguments["train_steps"], relative, arguments.get("stats_period", 1))
+    steps = (
+        arguments["train_steps"] if relative is None else f"the initial checkpoint's + {relative}"
+    )
     fields = ", ".join(f"{k}={v!r}" for k, v in model.to_dict().items())
     arguments["optimization"].make_optimizer()  # builds (and so checks) the optimizer
     lines = [

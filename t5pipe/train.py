@@ -97,22 +97,7 @@ def train(
     kernels it selects; only they train (no optimizer state for the frozen base), they
     are saved inside each checkpoint and alone in MODEL_DIR/adapter at the end.
     """
-    checks = (
-        ("TRAIN_STEPS", train_steps),
-        ("TRAIN_STEPS_RELATIVE", train_steps_relative),
-        ("STATS_PERIOD", stats_period),
-    )
-    for name, value in checks:
-        if value is None and name != "STATS_PERIOD":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserInputError(f"{name}={value!r}: expected a whole number >= 1")
-    if train_steps is None and train_steps_relative is None:
-        raise UserInputError(
-            "TRAIN_STEPS is required but not set: --gin.TRAIN_STEPS=... (the step to stop "
-            "at, counting the initial checkpoint's steps) or --gin.TRAIN_STEPS_RELATIVE=... "
-            "(steps beyond the initial checkpoint's)"
-        )
+    check_steps(train_steps, train_steps_relative, stats_period)
     model_dir = resolve_path(model_dir)  # gs://... stays remote
     checkpoint = best_checkpoint.ranked_by(checkpoint, evaluation)
     train_logging.check_writable(model_dir)
@@ -257,6 +242,27 @@ def _close_quietly(manager) -> None:
 def _lora_scope(config: LoraConfig | None):
     """A context factory: `lora.attach(config)`, or nothing without LoRA."""
     return (lambda: lora.attach(config)) if config is not None else contextlib.nullcontext
+
+
+def check_steps(train_steps, train_steps_relative, stats_period=1) -> None:
+    """TRAIN_STEPS / TRAIN_STEPS_RELATIVE (one of them set) and STATS_PERIOD are whole
+    numbers >= 1."""
+    checks = (
+        ("TRAIN_STEPS", train_steps),
+        ("TRAIN_STEPS_RELATIVE", train_steps_relative),
+        ("STATS_PERIOD", stats_period),
+    )
+    for name, value in checks:
+        if value is None and name != "STATS_PERIOD":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserInputError(f"{name}={value!r}: expected a whole number >= 1")
+    if train_steps is None and train_steps_relative is None:
+        raise UserInputError(
+            "TRAIN_STEPS is required but not set: --gin.TRAIN_STEPS=... (the step to stop "
+            "at, counting the initial checkpoint's steps) or --gin.TRAIN_STEPS_RELATIVE=... "
+            "(steps beyond the initial checkpoint's)"
+        )
 
 
 def _end_step(start: train_state.Start, train_steps, train_steps_relative) -> int:

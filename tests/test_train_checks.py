@@ -136,3 +136,14 @@ def test_mixture_whose_rates_are_all_zero(model_dir, capsys):
     assert message.startswith(
         "mixture zero_rate_mix: the rates of its tasks sum to 0.0 (builtin_reverse_v001=0)"
     )
+
+
+def test_dry_run_takes_train_steps_relative_and_checks_steps_as_train_does(tmp_path, capsys):
+    argv = ["train", "--dry_run", *QUICKSTART, f"--gin.MODEL_DIR={tmp_path / 'run'}"]
+    assert cli.main([*argv, "--gin.TRAIN_STEPS=None", "--gin.TRAIN_STEPS_RELATIVE=30"]) == 0
+    assert "train steps: the initial checkpoint's + 30;" in capsys.readouterr().out
+    assert cli.main([*argv, "--gin.TRAIN_STEPS=None"]) == 2
+    assert "TRAIN_STEPS is required but not set" in capsys.readouterr().err
+    assert cli.main([*argv, "--gin.STATS_PERIOD=0"]) == 2
+    assert "STATS_PERIOD=0: expected a whole number >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
