@@ -15,6 +15,7 @@ of such a step is never applied.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import signal
 from pathlib import Path
@@ -112,6 +113,7 @@ def train(
         trainable = "^prompt$"  # prompt tuning: only the soft prompt learns
     if lora_config is not None and trainable is None:
         trainable = lora.TRAINABLE  # LoRA: only the adapters learn
+    optimization = dataclasses.replace(optimization, trainable_params=trainable)
     with_adapters = _lora_scope(lora_config)  # traces that create or read the adapters
     with with_adapters():
         start = train_state.plan_start(model_dir, checkpoint, model)
@@ -183,6 +185,7 @@ def _run(
             label_smoothing=optimization.label_smoothing,
             loss_normalizing_factor=optimization.loss_normalizing_factor,
             num_microbatches=optimization.num_microbatches,
+            trainable_params=optimization.trainable_params,
         )
         step_fn = jax.jit(
             lora.with_lora(step, lora_config) if lora_config is not None else step,

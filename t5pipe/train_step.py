@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5pipe import peft
 from t5pipe.errors import UserInputError
 from t5pipe.losses import (
     AVERAGE_PER_SEQUENCE,
@@ -191,8 +192,14 @@ def train_step(
     label_smoothing: float = 0.0,
     loss_normalizing_factor: float | str | None = None,
     num_microbatches: int = 1,
+    trainable_params: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Gradients of the batch loss (accumulated over microbatches), one optimizer update.
+
+    trainable_params: a regex over parameter paths; the others are frozen (their updates
+    are the optimizer's to zero, `peft.freeze_except`) and get no gradient at all: the
+    loss sees them through `stop_gradient`, so their weight-gradient matmuls are never
+    computed (LoRA, prompt tuning) and `grad_norm` is the trainable parameters'.
 
     A non-finite loss or gradient norm leaves params and optimizer state unchanged
     and counts the step in `skipped_steps`; whether to stop is the caller's choice.
@@ -205,10 +212,23 @@ def train_step(
         batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_normalizing_factor
     )
     batch = {**batch, "weights": weights}
-    loss_fn = functools.partial(
+    loss_of = functools.partial(
         microbatch_loss, model=model, z_loss=z_loss, smoothing=label_smoothing,
         per_sequence=loss_normalizing_factor == AVERAGE_PER_SEQUENCE,
     )  # fmt: skip
+    if trainable_params:
+        labels = peft.trainable_labels(params, trainable_params)
+
+        def loss_fn(params, *args):
+            params = jax.tree.map(
+                lambda p, label: p if label == peft.TRAIN else jax.lax.stop_gradient(p),
+                params,
+                labels,
+            )
+            return loss_of(params, *args)
+
+    else:
+        loss_fn = loss_of
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     if num_microbatches <= 1:

@@ -110,3 +110,28 @@ def test_nonfinite_loss_leaves_state_unchanged_and_counts(monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, state["opt_state"], before["opt_state"])
     state, metrics = step(state, batch)
     assert not bool(metrics["nonfinite"]) and int(state["skipped_steps"]) == 1
+
+
+def test_frozen_parameters_get_no_gradient_computation():
+    """With trainable_params, the trainable parameters' update is the one the full
+    gradient gives, the frozen ones stay as they were, and the compiled step does fewer
+    FLOPs (the frozen kernels' weight-gradient matmuls are gone)."""
+    from t5pipe.peft import freeze_except
+
+    config = tiny_config()
+    schedule = constant_schedule(1e-2)
+    trainable = "^decoder/layers_1/|^logits_dense"
+    params = make_state(config, adafactor(learning_rate=schedule))["params"]
+    optimizer = freeze_except(adafactor(learning_rate=schedule), params, trainable)
+    batch = fixed_batch(batch=8, vocab=config.vocab_size, pad_from=[8, 3, 6, 8, 5, 8, 2, 7])
+    found = {}
+    for regex in (None, trainable):
+        step = jitted_step(T5(config), optimizer, schedule, trainable_params=regex)
+        state = make_state(config, optimizer)
+        flops = step.lower(state, batch).compile().cost_analysis()
+        flops = (flops[0] if isinstance(flops, list) else flops)["flops"]
+        found[regex] = (step(state, batch)[0]["params"], flops)
+    (full, full_flops), (restricted, restricted_flops) = found[None], found[trainable]
+    jax.tree.map(np.testing.assert_array_equal, restricted, full)  # the same update
+    jax.tree.map(np.testing.assert_array_equal, restricted["encoder"], params["encoder"])
+    assert restricted_flops < 0.9 * full_flops, (restricted_flops, full_flops)
