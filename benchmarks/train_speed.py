@@ -127,6 +127,7 @@ def measure_train_step(
         model=model,
         optimizer=optimizer,
         learning_rate=optimizers.constant_schedule(learning_rate),
+        trainable_params=trainable,  # as the trainer: no gradient for the frozen base
     )
 
     def t5pipe_train_step(state, batch):

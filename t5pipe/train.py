@@ -250,15 +250,10 @@ def _lora_scope(config: LoraConfig | None):
 def check_steps(train_steps, train_steps_relative, stats_period=1) -> None:
     """TRAIN_STEPS / TRAIN_STEPS_RELATIVE (one of them set) and STATS_PERIOD are whole
     numbers >= 1."""
-    checks = (
-        ("TRAIN_STEPS", train_steps),
-        ("TRAIN_STEPS_RELATIVE", train_steps_relative),
-        ("STATS_PERIOD", stats_period),
-    )
-    for name, value in checks:
-        if value is None and name != "STATS_PERIOD":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    steps = {"TRAIN_STEPS": train_steps, "TRAIN_STEPS_RELATIVE": train_steps_relative}
+    for name, value in {**steps, "STATS_PERIOD": stats_period}.items():
+        unset = value is None and name != "STATS_PERIOD"
+        if not unset and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserInputError(f"{name}={value!r}: expected a whole number >= 1")
     if train_steps is None and train_steps_relative is None:
         raise UserInputError(
