@@ -119,10 +119,19 @@ def test_sigkill_during_save_restores_previous_checkpoint(tmp_path):
     assert _logged_steps(model_dir)[-4:] == [3, 4, 5, 6]
 
 
-def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
-    # Ctrl-C arrives while step 2's save is being started (in-process: SIGINT to ourselves).
-    import os as os_module
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler (KeyboardInterrupt) for the test, whatever an earlier
+    test in the same worker process left installed; put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
+
+def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys, python_sigint):
+    # Ctrl-C arrives while step 2's save is being started (in-process: SIGINT to ourselves;
+    # raise_signal delivers it to this thread, so it is handled before the call returns,
+    # whatever other threads the process runs).
     from t5pipe import cli
 
     real_save = checkpoint_manager.save
@@ -130,7 +139,7 @@ def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
     def save_then_ctrl_c(*args, **kwargs):
         step = real_save(*args, **kwargs)
         if step == 2:
-            os_module.kill(os_module.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return step
 
     monkeypatch.setattr(checkpoint_manager, "save", save_then_ctrl_c)
@@ -157,16 +166,19 @@ def test_ctrl_c_saves_at_the_step_and_exits_75(tmp_path, monkeypatch, capsys):
     [(input_pipeline, "check_first_examples"), (train_state, "start_state")],
     ids=["start-up", "restore-or-compile"],
 )
-def test_ctrl_c_before_the_loop_is_one_line_exit_75(model_dir, module, where, monkeypatch, capsys):
+def test_ctrl_c_before_the_loop_is_one_line_exit_75(
+    model_dir, module, where, monkeypatch, capsys, python_sigint
+):
     # Ctrl-C while the run checks its data (before the lock), or while it restores or
-    # initialises (and compiles) the state (lock and checkpoint manager held).
-    import os as os_module
-
+    # initialises (and compiles) the state (lock and checkpoint manager held). os.kill
+    # would let the kernel pick any thread (pytest-xdist's, TensorFlow's), and the
+    # KeyboardInterrupt would come later, somewhere else; raise_signal is this thread's.
     from t5pipe import cli
 
     def ctrl_c(*args, **kwargs):
-        os_module.kill(os_module.getpid(), signal.SIGINT)
-        time.sleep(5)  # the KeyboardInterrupt arrives here
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(5)  # not reached: the KeyboardInterrupt arrives at once
+        raise AssertionError("SIGINT did not interrupt")
 
     monkeypatch.setattr(module, where, ctrl_c)
     before = tree_digest(model_dir)
