@@ -20,6 +20,8 @@ import platform
 import sys
 from pathlib import Path
 
+from t5pipe import host_malloc
+
 # What the CPU targets of the performance issue ask for.
 TARGETS = {
     "train_tokens_per_second_vs_hf": 1.5,
@@ -162,6 +164,8 @@ def environment() -> dict:
         "load_average": os.getloadavg(),
         "python": platform.python_version(),
         "versions": versions,
+        # glibc malloc settings both sides ran under (t5pipe.host_malloc; None: unset).
+        "malloc": {name: os.environ.get(name) for name in host_malloc.SETTINGS},
     }
 
 
@@ -340,6 +344,8 @@ def bench_data(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # as `t5pipe train` does: both sides run under the same settings
+        host_malloc.reexec_with_cpu_malloc()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:  # TensorFlow (under seqio) would otherwise take GPU memory from JAX.
         import tensorflow as tf

@@ -9,7 +9,8 @@ commands import lazily so `t5pipe --help` stays fast. Exit codes (t5pipe.errors)
 interrupted by Ctrl-C.
 Set T5PIPE_DEBUG=1 to get the traceback of any error; `--verbose` (anywhere on the
 command line) or T5PIPE_LOG_LEVEL=debug shows every library's log lines
-(`t5pipe.startup`).
+(`t5pipe.startup`). On a CPU-only host `train`, `eval` and `infer` re-execute once with
+glibc malloc settings for XLA:CPU (`t5pipe.host_malloc`; T5PIPE_CPU_MALLOC=0: off).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import importlib
 import os
 import sys
 
-from t5pipe import startup
+from t5pipe import host_malloc, startup
 from t5pipe.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -46,8 +47,16 @@ USAGE = (
 )
 
 
+# Commands that run XLA computations: on a CPU-only host they re-execute once with
+# glibc malloc settings that keep XLA's per-step buffers mapped (`t5pipe.host_malloc`).
+_XLA_COMMANDS = ("train", "eval", "infer")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the process's own command line (not a call from Python code)
+        argv = sys.argv[1:]
+        if argv and argv[0] in _XLA_COMMANDS and "--help" not in argv and "-h" not in argv:
+            host_malloc.reexec_with_cpu_malloc()
     verbose, argv = startup.verbose_requested(list(argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5pipe import projection
 from t5pipe.attention import dot_product_attention, mask_to_bias
 from t5pipe.model_config import T5Config
 from t5pipe.models import abstract_params, init_params  # noqa: F401 - kept importable here
@@ -386,6 +387,7 @@ class T5(nn.Module):
                 use_bias=False,
                 dtype=cfg.dtype,
                 param_dtype=jnp.float32,
+                dot_general=projection.dot_general,
                 kernel_init=nn.with_logical_partitioning(
                     nn.initializers.normal(cfg.d_model**-0.5), ("embed", "vocab")
                 ),
