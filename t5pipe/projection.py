@@ -77,11 +77,11 @@ def _project(equation: str, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
     XLA:CPU transposed copies in the gradient; the 2-D form's gradient is two plain
     matmuls. Other equations go to einsum unchanged.
 
-    Both ways accumulate in float32 and round the result to the operands' dtype once:
-    the same numbers a bfloat16 matmul gives, but XLA:CPU runs a bfloat16 matmul with
-    a bfloat16 result 2.5x slower than one with a float32 result (140 vs 354 GFLOP/s,
-    [1024, 512] x [512, 1024] on the development CPU), and accelerators fuse the
-    rounding into the matmul."""
+    Both ways accumulate in float32 and round the result to the operands' dtype once,
+    as a bfloat16 matmul on any backend does at best; XLA:CPU runs a bfloat16 matmul
+    asked for a bfloat16 result 2.5x slower than one asked for float32 (140 vs 354
+    GFLOP/s, [1024, 512] x [512, 1024] on the development CPU), and accelerators fuse
+    the rounding into the matmul."""
     lhs, out = equation.split("->")
     ins, ker = lhs.split(",")
     n = len(ins) - len(set(ins) & set(ker))  # leading input axes kept
