@@ -102,7 +102,12 @@ class Checkpoint:
 
             return loading.load_params(self._t5x(), config, target)
         meta = self.meta()
-        params = checkpoint_format.load_params(self.path, target)
+        try:
+            params = checkpoint_format.load_params(self.path, target)
+        except UserInputError:
+            raise
+        except Exception as error:  # noqa: BLE001 - TensorStore/orbax: a data file is damaged
+            raise checkpoint_integrity.unreadable(self.path, error) from None
         checkpoint_integrity.verify({"params": params}, meta, self.path)
         lora_config = (meta or {}).get("lora")
         if lora_config and target is not None and not lora.split_adapter(target)[1]:

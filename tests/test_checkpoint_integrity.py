@@ -97,6 +97,18 @@ def test_flipped_byte_falls_back_and_eval_refuses(tmp_path, capsys):
     assert losses == [(r["step"], r["loss"]) for r in reference]
     assert tree_digest(Path(f"{bad}.corrupt2")) == garbled
 
+    # A data file that no longer decodes at all: fine-tuning from it says so, no traceback.
+    undecodable = tmp_path / "undecodable"
+    shutil.copytree(model_dir / "checkpoints" / "2", undecodable)
+    data = max((undecodable / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(bytes(range(256)) * (data.stat().st_size // 256 + 1))
+    message = command_error(
+        "train", undecodable, *QUICKSTART, *RUN, f"--gin.MODEL_DIR={tmp_path / 'finetune2'}",
+        "--gin.TRAIN_STEPS_RELATIVE=1", f"--gin.INITIAL_CHECKPOINT_PATH='{undecodable}'",
+        capsys=capsys,
+    )  # fmt: skip
+    assert message.startswith(f"checkpoint {undecodable}: its arrays cannot be read"), message
+
 
 def test_garbage_metadata_names_the_file(model_dir, tmp_path, capsys):
     ckpt = model_dir / "checkpoints" / "10"
